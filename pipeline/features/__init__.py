@@ -1,0 +1,75 @@
+"""Registry of image representations.
+
+``get_feature(name, **params)`` returns a ``torch.nn.Module`` mapping a float
+tensor ``(B, C, H, W)`` with values in [0, 255] (C = 1 or 3) to features
+``(B, D, h, w)``.  Shallow features convert colour input to grey first with
+:func:`to_gray` (ITU-R BT.601 luma, the weights of MATLAB's ``rgb2gray`` that
+the papers' VLFeat/MATLAB code used: 0.2989 R + 0.5870 G + 0.1140 B).
+
+Every module carries ``name`` (str), ``params`` (dict of its parameters, as
+recorded in feature stores) and ``output_shape(H, W) -> (D, h, w)``.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import torch
+
+GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
+
+_REGISTRY: dict[str, Callable[..., torch.nn.Module]] = {}
+# Modules that register the built-in representations when imported.
+_BUILTIN_MODULES = ("hog", "lbp", "sift", "alexnet")
+_loaded = False
+
+
+def register(name: str):
+    """Decorator: register a factory (class or function) under ``name``."""
+
+    def deco(factory):
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"feature {name!r} registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if not _loaded:
+        for mod in _BUILTIN_MODULES:
+            importlib.import_module(f"{__name__}.{mod}")
+        _loaded = True
+
+
+def available() -> list[str]:
+    """Names of all registered representations."""
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get_feature(name: str, **params) -> torch.nn.Module:
+    """Build the representation ``name`` with ``params``."""
+    _load_builtins()
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown feature {name!r}; available: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+    return factory(**params)
+
+
+def to_gray(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1|3, H, W) -> (B, 1, H, W) with the luma weights in GRAY_WEIGHTS."""
+    if x.dim() != 4:
+        raise ValueError(f"expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+    c = x.shape[1]
+    if c == 1:
+        return x
+    if c != 3:
+        raise ValueError(f"expected 1 or 3 channels, got {c}")
+    w = torch.tensor(GRAY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
