@@ -1,0 +1,28 @@
+"""``python -m pipeline bench <what>``: benchmarks that print figures and
+ratios against a reference measured in the same run (never timed asserts).
+
+Each benchmark lives beside the code it measures:
+data -> pipeline.data.bench_data, features -> pipeline.features.bench.bench_features,
+train -> pipeline.train.bench_train, invert -> pipeline.invert.bench_invert.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS = {
+    "data": ("pipeline.data", "bench_data"),
+    "features": ("pipeline.features.bench", "bench_features"),
+    "train": ("pipeline.train", "bench_train"),
+    "invert": ("pipeline.invert", "bench_invert"),
+}
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", choices=sorted(BENCHMARKS), help="which benchmark")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (--help)")
+
+
+def run(args) -> int:
+    module, func = BENCHMARKS[args.what]
+    return int(getattr(importlib.import_module(module), func)(args.rest) or 0)

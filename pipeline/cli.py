@@ -1,0 +1,63 @@
+"""Command line: ``python -m pipeline <command> [options]``.
+
+Each command lives in the module that holds its logic; that module defines
+``configure_parser(parser)`` and ``run(args) -> int``.  Modules are imported
+only when their command runs, so ``--help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "list-images": ("pipeline.data", "list a split's images (the index shard jobs read)"),
+    "make-shard": ("pipeline.data", "write one WebDataset image shard of a split"),
+    "manifest": ("pipeline.data", "merge per-shard manifests of a split"),
+    "extract": ("pipeline.extract", "compute one feature store for one image shard"),
+    "store": ("pipeline.extract", "inspect feature stores (store info PATH)"),
+    "train": ("pipeline.train", "train an up-convolutional decoder"),
+    "reconstruct": ("pipeline.train", "reconstruct validation images with a trained decoder"),
+    "invert-mv": ("pipeline.invert", "Mahendran & Vedaldi optimisation inversion"),
+    "invert-hoggles": ("pipeline.hoggles", "HOGgles paired-dictionary inversion"),
+    "evaluate": ("pipeline.evaluate", "metrics, tables and figures"),
+    "bench": ("pipeline.bench", "benchmarks: data, features, train, invert"),
+}
+
+_HANDLERS = {
+    "list-images": ("configure_list_parser", "run_list"),
+    "make-shard": ("configure_shard_parser", "run_shard"),
+    "manifest": ("configure_manifest_parser", "run_manifest"),
+    "extract": ("configure_parser", "run"),
+    "store": ("configure_store_parser", "run_store"),
+    "reconstruct": ("configure_reconstruct_parser", "run_reconstruct"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Invert image representations: data, features, decoders, baselines, evaluation.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == command:
+            mod = importlib.import_module(module)
+            configure, run = _HANDLERS.get(name, ("configure_parser", "run"))
+            getattr(mod, configure)(p)
+            p.set_defaults(_run=getattr(mod, run))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
