@@ -1,0 +1,19 @@
+# Inverting image representations: Dosovitskiy & Brox (2016), Mahendran & Vedaldi (2015).
+# Thin on purpose: configuration and its validation, the rule files, and `all`.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/features.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,110 @@
+# Configuration validation and the helpers the rules share.
+import json
+import shlex
+from pathlib import Path
+
+from snakemake.utils import validate
+
+
+validate(config, "../schemas/config.schema.yaml", set_default=True)
+
+SPLITS = ["train", "val"]
+PAPER_LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
+
+
+def _check_config():
+    """Checks the schema cannot express; each error names the key."""
+    ds = config["dataset"]
+    if ds["source"] == "imagefolder":
+        root = ds["imagefolder"]["root"]
+        if not root:
+            raise ValueError(
+                "dataset.imagefolder.root: must be set when dataset.source is 'imagefolder'"
+            )
+        if not Path(root).expanduser().is_dir():
+            raise ValueError(f"dataset.imagefolder.root: no such directory: {root}")
+    if ds["source"] == "sample":
+        from pipeline.data import SAMPLE_PHOTOS
+
+        bad = sorted(set(ds["sample"]["val_photos"]) - set(SAMPLE_PHOTOS))
+        if bad:
+            raise ValueError(
+                f"dataset.sample.val_photos: unknown photograph(s) {bad}; allowed: {sorted(SAMPLE_PHOTOS)}"
+            )
+    for name in config["representations"]:
+        if not name.replace("_", "").isalnum() or name.startswith("alexnet"):
+            raise ValueError(
+                f"representations.{name}: names are letters, digits and '_' and may not start with 'alexnet'"
+            )
+
+
+_check_config()
+
+
+# ---------------------------------------------------------------- representations
+def representations():
+    """name -> {'feature', 'params', 'image_size'} for every representation in use."""
+    reps = {
+        name: {"feature": r["feature"], "params": r["params"], "image_size": r["image_size"]}
+        for name, r in config["representations"].items()
+    }
+    a = config["alexnet"]
+    for layer in a["layers"]:
+        reps[f"alexnet_{layer}"] = {
+            "feature": "alexnet",
+            "params": {"layer": layer, "arch": a["arch"], "weights": a["weights"], "seed": config["seed"]},
+            "image_size": a["image_size"],
+        }
+    return reps
+
+
+REPS = representations()
+
+
+def rep_size(rep):
+    return REPS[rep]["image_size"]
+
+
+def image_sizes():
+    return sorted({r["image_size"] for r in REPS.values()})
+
+
+# ------------------------------------------------------------------------ shards
+def n_shards(split):
+    return config["dataset"]["shards"][split]
+
+
+def shard_ids(split):
+    return [f"{i:05d}" for i in range(n_shards(split))]
+
+
+def shard_paths(size, split):
+    return expand("data/shards/{size}px/{split}/{shard}.tar", size=size, split=split, shard=shard_ids(split))
+
+
+def feature_paths(rep, split):
+    return expand("data/features/{rep}/{split}/{shard}.h5", rep=rep, split=split, shard=shard_ids(split))
+
+
+def as_json(obj):
+    """A config value as one shell-quoted JSON word (for params)."""
+    return shlex.quote(json.dumps(obj, sort_keys=True))
+
+
+wildcard_constraints:
+    split="train|val",
+    shard=r"\d{5}",
+    size=r"\d+",
+    rep="|".join(sorted(REPS)) or "NONE",
+
+
+# --------------------------------------------------------------------- targets
+def all_targets():
+    targets = []
+    for size in image_sizes():
+        targets += expand("data/shards/{size}px/{split}/manifest.json", size=size, split=SPLITS)
+    if config["features"]["store"] == "precomputed":
+        for rep in REPS:
+            for split in SPLITS:
+                targets += feature_paths(rep, split)
+    return targets
