@@ -352,6 +352,18 @@ def _to_rgb(im: Image.Image) -> tuple[Image.Image, str | None]:
     return im.convert("RGB"), f"{mode} converted to RGB"
 
 
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+
+
+def _has_image_signature(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    return any(head.startswith(sig) for sig in _SIGNATURES)
+
+
 def load_image_file(path: str | Path, size: int, min_side: int = 1, draft: bool = True) -> tuple[np.ndarray, str | None]:
     """Decode, resize the shorter side to ``size``, centre crop: (size, size, 3) uint8.
 
@@ -376,6 +388,8 @@ def load_image_file(path: str | Path, size: int, min_side: int = 1, draft: bool 
     except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for unreadable/corrupt files
         msg = str(e) or type(e).__name__
         if "cannot identify image file" in msg:
+            if _has_image_signature(path):
+                raise SkipImage("corrupt image: has an image signature but cannot be decoded") from None
             raise SkipImage("not an image file") from None
         if "truncated" in msg:
             raise SkipImage(f"truncated or corrupt image: {msg}") from None
