@@ -5,7 +5,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The default config sits beside this file, so `--directory` can point anywhere;
+# `--configfile other.yaml` replaces it (e.g. config/imagenet.yaml).
+configfile: workflow.source_path("config/config.yaml")
 
 
 include: "workflow/rules/common.smk"

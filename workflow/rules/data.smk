@@ -7,6 +7,8 @@ rule list_images:
     params:
         dataset=as_json(config["dataset"]),
         seed=config["seed"],
+    conda:
+        "../../envs/pipeline.yaml"
     log:
         "logs/list_images/{split}.log",
     benchmark:
@@ -29,6 +31,8 @@ rule make_shard:
         n_shards=lambda w: n_shards(w.split),
         shard=lambda w: int(w.shard),
         format=config["dataset"]["format"],
+    conda:
+        "../../envs/pipeline.yaml"
     log:
         "logs/make_shard/{size}px/{split}/{shard}.log",
     benchmark:
@@ -49,6 +53,8 @@ rule shard_manifest:
         ),
     output:
         "data/shards/{size}px/{split}/manifest.json",
+    conda:
+        "../../envs/pipeline.yaml"
     log:
         "logs/shard_manifest/{size}px/{split}.log",
     benchmark:

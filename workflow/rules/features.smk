@@ -13,6 +13,8 @@ rule extract_features:
         compression=config["features"]["compression"] or "none",
         batch_size=config["features"]["batch_size"],
         device=config["features"]["device"],
+    conda:
+        "../../envs/pipeline.yaml"
     log:
         "logs/extract_features/{rep}/{split}/{shard}.log",
     benchmark:

@@ -1,0 +1,87 @@
+"""The Snakemake workflow: config validation, dry runs, and a real data stage."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_CONFIG = REPO / "config" / "test.yaml"
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run."""
+    counts, in_table = {}, False
+    for line in stdout.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            parts = line.split()
+            if not parts or parts[0].startswith("-"):
+                if counts:
+                    break
+                continue
+            if len(parts) == 2 and parts[1].isdigit():
+                counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_dry_run_of_all_targets_default_config(tmp_path):
+    proc = snakemake(tmp_path, "-n", "--cores", "1")
+    counts = job_counts(proc.stdout)
+    assert counts["list_images"] == 2
+    assert counts["make_shard"] == 4 + 1  # config/config.yaml: 4 train + 1 val shards, one image size
+    assert counts["extract_features"] == (5 + 8) * 5  # 5 shallow + 8 AlexNet layers, every shard
+
+
+def test_unknown_config_key_is_rejected_by_name(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset:\n  sorce: sample\n")
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0
+    assert "sorce" in proc.stderr + proc.stdout
+
+
+def test_bad_enum_value_names_allowed_values(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset:\n  source: imagenett\n")
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(bad), check=False)
+    out = proc.stderr + proc.stdout
+    assert proc.returncode != 0
+    assert "imagenett" in out and "imagefolder" in out
+
+
+def test_missing_imagefolder_root_fails_at_once_naming_the_path(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"dataset:\n  source: imagefolder\n  imagefolder:\n    root: {tmp_path}/no_imagenet_here\n")
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(bad), check=False)
+    out = proc.stderr + proc.stdout
+    assert proc.returncode != 0
+    assert "dataset.imagefolder.root" in out and "no_imagenet_here" in out
+
+
+@pytest.mark.slow
+def test_data_stage_runs_on_the_test_config(tmp_path):
+    targets = ["data/shards/32px/train/manifest.json", "data/shards/32px/val/manifest.json"]
+    snakemake(tmp_path, *targets, "--cores", "2", "--configfile", str(TEST_CONFIG))
+    train = json.loads((tmp_path / targets[0]).read_text())
+    val = json.loads((tmp_path / targets[1]).read_text())
+    assert train["images"] == 40 + 60 and val["images"] == 6
+    assert train["skipped_count"] == 0
+    assert (tmp_path / "logs/make_shard/32px/train/00000.log").read_text().startswith("shard 0/2: wrote")
+    assert list((tmp_path / "benchmarks/make_shard/32px/train").glob("*.tsv"))
+    # nothing left to do afterwards
+    proc = snakemake(tmp_path, *targets, "-n", "--cores", "1", "--configfile", str(TEST_CONFIG))
+    assert "Nothing to be done" in proc.stdout + proc.stderr
