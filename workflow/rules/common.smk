@@ -31,6 +31,14 @@ def _check_config():
             raise ValueError(
                 f"dataset.sample.val_photos: unknown photograph(s) {bad}; allowed: {sorted(SAMPLE_PHOTOS)}"
             )
+    a = config["alexnet"]
+    if a["layers"] and a["weights"] not in ("random", "torchvision"):
+        from pipeline.features.alexnet import check_weights
+
+        try:
+            check_weights(a["arch"], a["weights"], download=False)
+        except (FileNotFoundError, ValueError) as e:
+            raise ValueError(f"alexnet.weights: {e}") from None
     for name in config["representations"]:
         if not name.replace("_", "").isalnum() or name.startswith("alexnet"):
             raise ValueError(
