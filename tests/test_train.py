@@ -1,0 +1,334 @@
+"""Decoder training and reconstruction on small real photographs (CPU)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from pipeline.cli import main
+from pipeline.features import register
+from pipeline.shards import Sample, load_shard_arrays, write_shard
+from pipeline.store import FeatureStore, write_store
+from pipeline.train import (
+    InversionModel,
+    PairedData,
+    epoch_batches,
+    epoch_order,
+    iter_batches,
+    load_decoder,
+    load_model,
+    lr_at,
+    reconstruct_batch,
+    train_step,
+)
+from pipeline.decoders import build_decoder
+
+SIZE = 32
+REPO = Path(__file__).resolve().parents[1]
+
+
+@register("test_avgpool8")
+class AvgPool8(nn.Module):
+    """Grey level averaged over 8x8 cells, / 255: (1, H/8, W/8)."""
+
+    name = "test_avgpool8"
+
+    def __init__(self):
+        super().__init__()
+        self.params = {}
+
+    def output_shape(self, H, W):
+        return (1, H // 8, W // 8)
+
+    def forward(self, x):
+        return F.avg_pool2d(x.float().mean(1, keepdim=True), 8) / 255.0
+
+
+@register("test_tinyconv")
+class TinyConv(nn.Module):
+    """A trainable encoder: one 8x8 stride-8 convolution to 2 channels, ReLU."""
+
+    name = "test_tinyconv"
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self.params = {"seed": seed}
+        g = torch.Generator().manual_seed(seed)
+        self.conv = nn.Conv2d(3, 2, 8, stride=8)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.01)
+            self.conv.bias.zero_()
+
+    def output_shape(self, H, W):
+        return (2, H // 8, W // 8)
+
+    def forward(self, x):
+        return F.relu(self.conv(x / 255.0))
+
+
+def _crops(img: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
+    """n random 4x-downsampled SIZE x SIZE crops of a photograph."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        y = rng.integers(0, img.shape[0] - 4 * SIZE)
+        x = rng.integers(0, img.shape[1] - 4 * SIZE)
+        c = torch.from_numpy(img[y:y + 4 * SIZE, x:x + 4 * SIZE]).permute(2, 0, 1)[None].float()
+        out.append(F.avg_pool2d(c, 4)[0].permute(1, 2, 0).round().byte().numpy())
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Two image shards of 12 photo crops each and aligned float32 avg-pool stores."""
+    d = tmp_path_factory.mktemp("train_data")
+    photos = [skimage.data.astronaut(), skimage.data.coffee()]
+    shards, stores = [], []
+    for s, photo in enumerate(photos):
+        imgs = _crops(photo, 12, s)
+        keys = [f"p{s}_{i:02d}" for i in range(len(imgs))]
+        write_shard(d / f"train-{s}.tar", [Sample(k, im) for k, im in zip(keys, imgs)])
+        x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float()
+        write_store(d / f"avg-{s}.h5", keys, AvgPool8()(x).numpy(), feature="test_avgpool8", params={},
+                    dtype="float32")
+        shards.append(str(d / f"train-{s}.tar"))
+        stores.append(str(d / f"avg-{s}.h5"))
+    val = _crops(skimage.data.chelsea(), 5, 7)
+    vkeys = [f"v{i}" for i in range(len(val))]
+    write_shard(d / "val-0.tar", [Sample(k, im) for k, im in zip(vkeys, val)])
+    x = torch.from_numpy(np.stack(val)).permute(0, 3, 1, 2).float()
+    write_store(d / "val-avg-0.h5", vkeys, AvgPool8()(x).numpy(), feature="test_avgpool8", params={})
+    return {"dir": d, "shards": shards, "stores": stores, "val": str(d / "val-0.tar"),
+            "val_store": str(d / "val-avg-0.h5")}
+
+
+def _args(data, out, *extra, steps=6):
+    return ["train", "--representation", "hog", "--images", *data["shards"], "--out", str(out),
+            "--width", "0.125", "--batch-size", "8", "--steps", str(steps), "--checkpoint-every", "4",
+            "--log-every", "1", "--threads", "1", "--seed", "3", *extra]
+
+
+def _state(path):
+    return torch.load(Path(path) / "decoder.pt", weights_only=False)["state_dict"]
+
+
+def _rows(path):
+    with open(Path(path) / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("models") / "hog"
+    assert main(_args(data, out, "--features", *data["stores"])) == 0
+    return out
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(data, one_thread):
+    ds = PairedData(data["shards"][:1], data["stores"][:1])
+    imgs, feats = ds.get_batch(np.arange(8))
+    torch.manual_seed(0)
+    dec = build_decoder("hog", (1, 4, 4), SIZE, width=0.25)
+    dec.in_scale.fill_(1 / float(feats.pow(2).mean().sqrt()))
+    model = InversionModel(dec)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    losses = [float(train_step(model, opt, scaler, imgs, feats, dec.native_size)) for _ in range(40)]
+    assert losses[-1] < 0.75 * losses[0]
+    # the loss is the mean squared error in units x / 127.5 - 1
+    with torch.no_grad():
+        pred = dec(feats)
+    target = imgs.permute(0, 3, 1, 2).float() / 127.5 - 1
+    opt.zero_grad()
+    assert float(F.mse_loss(pred, target)) == pytest.approx(float(train_step(model, opt, scaler, imgs, feats,
+                                                                              dec.native_size)), rel=1e-5)
+
+
+def test_train_writes_weights_config_and_metrics(trained, data):
+    cfg = json.loads((trained / "config.json").read_text())
+    assert cfg["finished"] and cfg["steps_done"] == cfg["total_steps"] == 6
+    assert cfg["kind"] == "hog" and cfg["in_shape"] == [1, 4, 4] and cfg["native_size"] == [SIZE, SIZE]
+    assert cfg["feature"] == {"name": "test_avgpool8", "params": {}}
+    assert cfg["n_train"] == 24 and cfg["steps_per_epoch"] == 3 and cfg["batch_size"] == 8
+    assert cfg["betas"] == [0.9, 0.999] and cfg["lr"] == 1e-3
+    assert cfg["in_scale"] > 0
+    rows = _rows(trained)
+    assert [int(r["step"]) for r in rows] == list(range(1, 7))
+    assert [float(r["lr"]) for r in rows] == [lr_at(s, 6, 1e-3) for s in range(6)]
+    assert all(float(r["loss"]) > 0 and float(r["images_per_s"]) > 0 for r in rows)
+    assert float(rows[-1]["epoch"]) == 2.0
+    assert (trained / "checkpoint.pt").exists()
+    dec = load_decoder(trained)
+    assert dec.build_args == {"kind": "hog", "in_shape": [1, 4, 4], "out_size": [SIZE, SIZE], "width": 0.125}
+    assert float(dec.in_scale) == pytest.approx(cfg["in_scale"])
+    assert not list(trained.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_resume_after_kill_gives_identical_weights(data, tmp_path, one_thread):
+    straight = tmp_path / "straight"
+    assert main(_args(data, straight, "--features", *data["stores"], steps=9)) == 0
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pipeline", *_args(data, killed, "--features", *data["stores"], steps=9)]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run(cmd + ["--kill-at-step", "7"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == -9, r.stderr  # SIGKILL: no cleanup, last checkpoint at step 4
+    assert not (killed / "decoder.pt").exists()
+    assert torch.load(killed / "checkpoint.pt", weights_only=False)["step"] == 4
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stdout
+    a, b = _state(straight), _state(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the metrics of the redone steps (5..9) are the same too, across the epoch boundary
+    drop = lambda rows: [(r["step"], r["epoch"], r["loss"], r["lr"]) for r in rows]  # noqa: E731
+    assert drop(_rows(straight)) == drop(_rows(killed))
+    # a different configuration refuses to resume from that checkpoint
+    args = _args(data, killed, "--features", *data["stores"], steps=9)
+    args[args.index("--seed") + 1] = "4"
+    with pytest.raises(ValueError, match="seed"):
+        main(args)
+
+
+def test_key_mismatch_is_reported_with_the_files(data, tmp_path):
+    with FeatureStore(data["stores"][1]) as fs:
+        keys, feats = fs.keys, fs.all()
+    bad = tmp_path / "reordered.h5"
+    write_store(bad, keys[::-1], feats[::-1], feature="test_avgpool8", params={})
+    with pytest.raises(ValueError) as e:
+        main(_args(data, tmp_path / "m", "--features", data["stores"][0], str(bad)))
+    msg = str(e.value)
+    assert data["shards"][1] in msg and str(bad) in msg and "p1_00" in msg
+    with pytest.raises(ValueError, match="2 image shards but 1 feature stores"):
+        main(_args(data, tmp_path / "m", "--features", data["stores"][0]))
+
+
+def test_data_order_is_a_seeded_permutation_split_by_rank():
+    counts = [5, 7, 4]
+    a = epoch_order(counts, 0, 1)
+    assert sorted(a) == list(range(16)) and np.array_equal(a, epoch_order(counts, 0, 1))
+    assert not np.array_equal(a, epoch_order(counts, 1, 1))
+    blocks = epoch_order(counts, 0, 1, shuffle_block=1)  # shard by shard
+    sizes = [5, 7, 4]
+    starts = [0, 5, 12]
+    pos = 0
+    shard_seq = []
+    while pos < 16:
+        s = next(i for i in range(3) if starts[i] <= blocks[pos] < starts[i] + sizes[i])
+        assert sorted(blocks[pos:pos + sizes[s]]) == list(range(starts[s], starts[s] + sizes[s]))
+        shard_seq.append(s)
+        pos += sizes[s]
+    assert sorted(shard_seq) == [0, 1, 2]
+    r0 = np.concatenate(epoch_batches(counts, 0, 1, 3, rank=0, world=2))
+    r1 = np.concatenate(epoch_batches(counts, 0, 1, 3, rank=1, world=2))
+    assert len(r0) == len(r1) == 6 and not set(r0) & set(r1)
+
+
+def test_lazy_and_in_memory_loading_agree(data):
+    mem = PairedData(data["shards"], data["stores"], in_memory=True)
+    lazy = PairedData(data["shards"], data["stores"], in_memory=False)
+    assert mem.in_memory and not lazy.in_memory and mem.keys == lazy.keys
+    batches = epoch_batches(mem.counts, 0, 0, 5)
+    for (ia, fa), (ib, fb) in zip(iter_batches(mem, batches), iter_batches(lazy, batches)):
+        assert torch.equal(ia, ib) and torch.equal(fa, fb)
+    keys, images, _ = load_shard_arrays(data["shards"][1])
+    img, _ = lazy[12 + 3]
+    assert np.array_equal(img.numpy(), images[3])
+    lazy.close()
+
+
+def test_lr_decays_towards_the_end():
+    lrs = [lr_at(s, 100, 1e-3) for s in range(100)]
+    assert lrs[0] == lrs[59] == 1e-3 and lrs[60] == 5e-4 and lrs[80] == 2.5e-4 and lrs[99] == 1.25e-4
+
+
+def test_on_the_fly_features_train_like_the_store(data, tmp_path, one_thread):
+    store = tmp_path / "store"
+    fly = tmp_path / "fly"
+    assert main(_args(data, store, "--features", *data["stores"], steps=3)) == 0
+    assert main(_args(data, fly, "--on-the-fly", "--feature", "test_avgpool8", steps=3)) == 0
+    a, b = _state(store), _state(fly)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert json.loads((fly / "config.json").read_text())["on_the_fly"]
+
+
+def test_autoencoder_mode_trains_the_encoder(data, tmp_path, one_thread):
+    out = tmp_path / "ae"
+    assert main(_args(data, out, "--on-the-fly", "--feature", "test_tinyconv", "--params", '{"seed": 1}',
+                      "--finetune-encoder", steps=4)) == 0
+    dec, enc, payload = load_model(out)
+    assert enc is not None and payload["feature"] == {"name": "test_tinyconv", "params": {"seed": 1}}
+    before = TinyConv(seed=1).conv.weight
+    assert not torch.equal(enc.conv.weight, before)
+    # frozen encoder: its weights are not saved and the decoder still trains
+    frozen = tmp_path / "frozen"
+    assert main(_args(data, frozen, "--on-the-fly", "--feature", "test_tinyconv", "--params", '{"seed": 1}',
+                      steps=2)) == 0
+    assert load_model(frozen)[1] is None
+    with pytest.raises(ValueError, match="on-the-fly"):
+        main(_args(data, tmp_path / "x", "--features", *data["stores"], "--finetune-encoder"))
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        main(_args(data, tmp_path / "y", "--on-the-fly", "--feature", "test_avgpool8", "--finetune-encoder"))
+    # reconstruct uses the fine-tuned encoder
+    rec = tmp_path / "rec.h5"
+    assert main(["reconstruct", "--model", str(out), "--images", data["val"], "--out", str(rec)]) == 0
+    with FeatureStore(rec) as fs:
+        x = torch.from_numpy(load_shard_arrays(data["val"])[1]).permute(0, 3, 1, 2).float()
+        want = reconstruct_batch(dec, enc(x).detach())
+        torch.testing.assert_close(torch.from_numpy(fs.all()), want, atol=0.2, rtol=0)
+
+
+def test_reconstruct_writes_stores_and_a_grid(trained, data, tmp_path):
+    out = tmp_path / "rec" / "val-0.h5"
+    grid = tmp_path / "grid.png"
+    assert main(["reconstruct", "--model", str(trained), "--images", data["val"], "--features", data["val_store"],
+                 "--out", str(out), "--grid", str(grid), "--grid-count", "5", "--grid-cols", "2"]) == 0
+    keys, images, _ = load_shard_arrays(data["val"])
+    with FeatureStore(out) as fs:
+        assert fs.keys == keys
+        assert fs.shape == (5, 3, SIZE, SIZE) and fs.dtype == np.float16
+        assert fs.attrs["feature"] == "reconstruction" and fs.params["representation"] == "hog"
+        rec = fs.all()
+    assert rec.min() >= 0 and rec.max() <= 255 and rec.std() > 0
+    with FeatureStore(data["val_store"]) as vs:
+        want = reconstruct_batch(load_decoder(trained), torch.from_numpy(vs.all()))
+    np.testing.assert_allclose(rec, want.numpy(), atol=0.2)  # float16 storage
+    # 3 rows of 2 (input | reconstruction) pairs, 2 px white gaps
+    im = np.asarray(Image.open(grid))
+    assert im.shape == (2 + 3 * (SIZE + 2), 2 + 2 * (2 * SIZE + 4), 3)
+    assert np.array_equal(im[2:2 + SIZE, 2:2 + SIZE], images[0])
+    right = im[2:2 + SIZE, 2 + SIZE:2 + 2 * SIZE].astype(np.float32)
+    assert np.abs(right - rec[0].astype(np.float32).transpose(1, 2, 0)).max() <= 0.6
+    # the store-trained model needs stores or an explicit --on-the-fly
+    with pytest.raises(ValueError, match="--features"):
+        main(["reconstruct", "--model", str(trained), "--images", data["val"], "--out", str(out)])
+
+
+def test_reconstruct_batch_resizes_to_the_image_size():
+    torch.manual_seed(0)
+    dec = build_decoder("fc", (10, 1, 1), 40, width=0.05)  # native 32 < 40, as fc8 -> 128 for 227
+    assert dec.native_size == (32, 32)
+    y = reconstruct_batch(dec, torch.rand(2, 10, 1, 1))
+    assert y.shape == (2, 3, 40, 40) and y.min() >= 0 and y.max() <= 255
+    assert reconstruct_batch(dec, torch.rand(2, 10), size=16).shape == (2, 3, 16, 16)
