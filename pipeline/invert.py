@@ -142,7 +142,7 @@ SCHEDULES: dict[str, tuple[float, tuple[tuple[int, float], ...]]] = {
     "invert_nn": (0.001, ((800, 1.0), (500, 0.1), (500, 0.01), (200, 1e-3), (100, 1e-4))),
 }
 #: Default base step for Adam, grey levels per iteration.
-ADAM_LR = 4.0
+ADAM_LR = 16.0
 
 #: Seed 004 Table 2: the 20 layers of CNN-A, numbered 1..20.
 CNN_A_LAYERS = (
