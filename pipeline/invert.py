@@ -630,6 +630,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", nargs="+", default=None, help="per-iteration CSV log per shard")
     p.add_argument("--feature", required=True, help="representation name (pipeline.features registry)")
     p.add_argument("--params", default="{}", help="representation parameters, JSON object")
+    p.add_argument("--representation", default=None,
+                   help="label recorded in the store (default: feature name, plus _layer for a layer)")
     p.add_argument("--iterations", type=int, default=None, help="total iterations (rescales the schedule)")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default=None,
                    help="learning-rate schedule (default: cnn for AlexNet, shallow otherwise)")
@@ -679,6 +681,8 @@ def run(args) -> int:
     device = _device(args.device)
     feature = get_feature(args.feature, **params).to(device).eval()
     channels = None if args.channels == "auto" else int(args.channels)
+    representation = args.representation or (
+        f"{args.feature}_{params['layer']}" if "layer" in params else args.feature)
     for i, (shard, out) in enumerate(zip(args.shard, args.out)):
         t0 = time.perf_counter()
         keys, images, _ = load_shard_arrays(shard)
@@ -703,14 +707,16 @@ def run(args) -> int:
         H, W = images.shape[1:3] if len(keys) else (0, 0)
         rec_all = np.concatenate(recs) if recs else np.zeros((0, 3, H, W), np.float32)
         settings = dict(logs[0].settings) if logs else {}
+        fparams = dict(getattr(feature, "params", params))
+        # the layout of the decoders' ``reconstruct`` stores (pipeline.train)
         write_store(
-            out, keys, rec_all, feature=args.feature, params=feature.params if hasattr(feature, "params") else params,
+            out, keys, rec_all, feature="reconstruction",
+            params={"representation": representation, "method": "mahendran-vedaldi",
+                    "feature": {"name": args.feature, "params": fparams}, "inversion": settings},
             image_shard=str(shard), image_shard_sha256=sha256_file(shard), dtype="float16",
             extra_attrs={
+                "pixel_range": "0-255",
                 "method": "mahendran-vedaldi",
-                "kind": "reconstruction",
-                "value_range": "0..255",
-                "inversion": json.dumps(settings, sort_keys=True, default=str),
                 "final_feature_loss": json.dumps([float(v) for lg in logs for v in lg.final("feature_loss")]),
             },
         )

@@ -224,8 +224,10 @@ def test_cli_writes_store_and_log(tmp_path):
     with FeatureStore(out) as s:
         assert s.keys == ["k0", "k1", "k2"] and s.shape == (3, 3, 24, 24) and str(s.dtype) == "float16"
         allrec = s.all()
-        assert s.attrs["method"] == "mahendran-vedaldi" and s.params == {"channels": 8, "seed": 0}
-        assert json.loads(s.attrs["inversion"])["restarts"] == 2
+        assert s.attrs["feature"] == "reconstruction" and s.attrs["pixel_range"] == "0-255"
+        assert s.attrs["method"] == "mahendran-vedaldi" and s.params["representation"] == "test_invert_randconv"
+        assert s.params["feature"] == {"name": "test_invert_randconv", "params": {"channels": 8, "seed": 0}}
+        assert s.params["inversion"]["restarts"] == 2 and s.params["inversion"]["iterations"] == 6
     assert 0 <= allrec.min() and allrec.max() <= 255
     rows = list(csv.DictReader(open(logp)))
     assert len(rows) == 3 * 2 * 7  # targets x restarts x (6 iterations + final)
