@@ -1,0 +1,90 @@
+"""Feature stores: extraction from an image shard, alignment, provenance, info."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import cli
+from pipeline.data import load_sample_photo
+from pipeline.features import get_feature
+from pipeline.io import sha256_file
+from pipeline.shards import Sample, write_shard
+from pipeline.store import FeatureStore
+
+
+@pytest.fixture
+def shard(tmp_path):
+    photo = load_sample_photo("astronaut")
+    samples = [
+        Sample(f"img{i:03d}", np.ascontiguousarray(photo[i * 40 : i * 40 + 64, i * 30 : i * 30 + 64]))
+        for i in range(5)
+    ]
+    path = tmp_path / "shard.tar"
+    write_shard(path, samples)
+    return path, samples
+
+
+def test_alexnet_store_equals_on_the_fly_features(tmp_path, shard):
+    path, samples = shard
+    out = tmp_path / "conv2.h5"
+    params = {"layer": "conv2", "arch": "torchvision", "weights": "random", "seed": 3}
+    rc = cli.main(
+        ["extract", "--feature", "alexnet", "--params", json.dumps(params), "--shard", str(path),
+         "--out", str(out), "--dtype", "float32", "--batch-size", "2"]
+    )
+    assert rc == 0
+    torch.set_num_threads(1)
+    module = get_feature("alexnet", **params).eval()
+    x = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        direct = module(x).numpy()
+    with FeatureStore(out) as store:
+        assert store.keys == [s.key for s in samples]
+        np.testing.assert_allclose(store.all(), direct, rtol=1e-5, atol=1e-5)
+        assert store.attrs["feature"] == "alexnet"
+        assert store.params["layer"] == "conv2" and store.params["seed"] == 3
+        assert store.attrs["image_shard_sha256"] == sha256_file(path)
+        assert not store.attrs["trained"]  # random weights are recorded as untrained
+
+
+def test_float16_store_is_close_and_smaller(tmp_path, shard):
+    path, _ = shard
+    params = json.dumps({"layer": "conv1", "arch": "torchvision", "weights": "random"})
+    for dtype in ("float16", "float32"):
+        cli.main(["extract", "--feature", "alexnet", "--params", params, "--shard", str(path),
+                  "--out", str(tmp_path / f"{dtype}.h5"), "--dtype", dtype])
+    with FeatureStore(tmp_path / "float16.h5") as a, FeatureStore(tmp_path / "float32.h5") as b:
+        assert str(a.dtype) == "float16" and str(b.dtype) == "float32"
+        np.testing.assert_allclose(a.all(), b.all(), rtol=2e-3, atol=2e-3)
+    assert (tmp_path / "float16.h5").stat().st_size < (tmp_path / "float32.h5").stat().st_size
+
+
+def test_store_info_prints_shape_dtype_count_bytes(tmp_path, shard, capsys):
+    path, samples = shard
+    out = tmp_path / "s.h5"
+    cli.main(["extract", "--feature", "alexnet", "--params", '{"layer": "fc8", "arch": "torchvision", "weights": "random"}',
+              "--shard", str(path), "--out", str(out)])
+    capsys.readouterr()
+    assert cli.main(["store", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["count"] == len(samples)
+    assert info["shape"] == [1000, 1, 1]
+    assert info["dtype"] == "float16"
+    assert info["bytes_on_disk"] == out.stat().st_size
+
+
+def test_bad_params_and_unreadable_store_fail_clearly(tmp_path, shard):
+    path, _ = shard
+    with pytest.raises(SystemExit, match="--params"):
+        cli.main(["extract", "--feature", "alexnet", "--params", "{not json", "--shard", str(path),
+                  "--out", str(tmp_path / "x.h5")])
+    with pytest.raises(KeyError, match="unknown feature 'nosuch'"):
+        cli.main(["extract", "--feature", "nosuch", "--shard", str(path), "--out", str(tmp_path / "x.h5")])
+    assert not (tmp_path / "x.h5").exists()
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="junk.h5"):
+        FeatureStore(junk)
