@@ -1,0 +1,193 @@
+"""Figures as PNG (matplotlib, Agg backend): image grids, Figure 7's curves,
+and the AlexNet studies of seed 000 (Figures 3/5, 8, 9, 10, 11).
+
+Every writer takes a ``caption`` (dataset, weights, "untrained" when the
+encoder was random; see :func:`pipeline.evaluate.caption_text`), puts it in
+the PNG as a title and writes it beside the file as ``<file>.caption.txt``
+for the Snakemake report.  Files are written atomically.
+
+A *decoder* here is any callable mapping a feature batch ``(B, D, h, w)``
+(torch tensor) to images ``(B, 3, H, W)`` float in [0, 255] (tensor or
+array, any device), e.g. the first value of
+:func:`pipeline.evaluate.load_decoder_callable`.
+"""
+from __future__ import annotations
+
+import textwrap
+from typing import Callable, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline.evaluate import (  # noqa: E402
+    ALEXNET_LAYERS, interpolate, perturb, prepare_reconstructions, top_k_only, without_top_k,
+    write_caption_sidecar,
+)
+from pipeline.io import atomic_path  # noqa: E402
+
+Decoder = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
+
+
+def to_uint8_hwc(img) -> np.ndarray:
+    """An image (H, W, 3) uint8, (3, H, W) or (H, W, 3) float in [0, 255] -> (H, W, 3) uint8."""
+    a = img.detach().float().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+    if a.ndim != 3:
+        raise ValueError(f"expected one image (3, H, W) or (H, W, 3), got shape {a.shape}")
+    if a.shape[0] in (1, 3) and a.shape[2] not in (1, 3):
+        a = a.transpose(1, 2, 0)
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    if a.dtype == np.uint8:
+        return a
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def _save(fig, path, caption: str) -> None:
+    if caption:
+        fig.suptitle("\n".join(textwrap.wrap(caption, 110)), fontsize=8)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight")
+    plt.close(fig)
+    write_caption_sidecar(path, caption)
+
+
+def image_grid(path, rows: Sequence[Sequence], *, row_labels: Sequence[str] | None = None,
+               col_labels: Sequence[str] | None = None, caption: str = "", cell: float = 1.2, dpi: int = 100) -> None:
+    """Write a PNG grid: ``rows[i][j]`` an image (see :func:`to_uint8_hwc`) or None (blank cell)."""
+    n_rows = len(rows)
+    n_cols = max((len(r) for r in rows), default=0)
+    if n_rows == 0 or n_cols == 0:
+        raise ValueError("image_grid: no images")
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols + (0.8 if row_labels else 0), cell * n_rows + 0.6),
+                             dpi=dpi, squeeze=False)
+    for i in range(n_rows):
+        for j in range(n_cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+            im = rows[i][j] if j < len(rows[i]) else None
+            if im is not None:
+                ax.imshow(to_uint8_hwc(im), interpolation="nearest")
+            if i == 0 and col_labels is not None and j < len(col_labels):
+                ax.set_title(col_labels[j], fontsize=8)
+            if j == 0 and row_labels is not None and i < len(row_labels):
+                ax.set_ylabel(row_labels[i], fontsize=8, rotation=0, ha="right", va="center")
+    fig.subplots_adjust(wspace=0.04, hspace=0.08)
+    _save(fig, path, caption)
+
+
+def _decode(decoder: Decoder, feats) -> np.ndarray:
+    with torch.no_grad():
+        y = decoder(feats if isinstance(feats, torch.Tensor) else torch.as_tensor(feats))
+    y = y.detach().float().cpu() if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y, np.float32))
+    if y.dim() != 4 or y.shape[1] not in (1, 3):
+        raise ValueError(f"decoder must return (B, 3, H, W) images, got shape {tuple(y.shape)}")
+    return y.clamp(0, 255).numpy()
+
+
+def reconstruction_grid(path, images, columns: Mapping[str, Sequence], *, caption: str = "",
+                        input_label: str = "Image") -> None:
+    """Seed 000 Figures 3/5: rows = images, columns = input | each labelled set of reconstructions.
+
+    ``columns[label][i]`` is the reconstruction (3, h, w) of ``images[i]``
+    (or None), resized bilinearly to the image size.
+    """
+    images = np.asarray(images)
+    rows = []
+    for i, im in enumerate(images):
+        row = [im]
+        for recs in columns.values():
+            r = recs[i]
+            row.append(None if r is None else prepare_reconstructions(np.asarray(r)[None], im.shape[:2])[0])
+        rows.append(row)
+    image_grid(path, rows, col_labels=[input_label, *columns], caption=caption)
+
+
+def plot_layer_errors(path, records: Sequence[dict], *, caption: str = "", layers: Sequence[str] = ALEXNET_LAYERS,
+                      dpi: int = 120) -> None:
+    """Seed 000 Figure 7: mean normalised error per layer, one line per curve, 95% interval bars."""
+    if not records:
+        raise ValueError("plot_layer_errors: no records")
+    order = list(layers) + sorted({r["layer"] for r in records} - set(layers))
+    present = [l for l in order if any(r["layer"] == l for r in records)]
+    xpos = {l: i for i, l in enumerate(present)}
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=dpi)
+    for curve in dict.fromkeys(r["curve"] for r in records):
+        pts = sorted((r for r in records if r["curve"] == curve), key=lambda r: xpos[r["layer"]])
+        x = np.array([xpos[r["layer"]] for r in pts])
+        y = np.array([r["error_mean"] for r in pts], dtype=float)
+        lo = np.array([r.get("error_ci95_low", np.nan) for r in pts], dtype=float)
+        hi = np.array([r.get("error_ci95_high", np.nan) for r in pts], dtype=float)
+        yerr = np.vstack([np.nan_to_num(y - lo), np.nan_to_num(hi - y)])
+        ax.errorbar(x, y, yerr=yerr, marker="o", ms=4, capsize=2, label=pts[0].get("label", curve))
+    ax.set_xticks(range(len(present)))
+    ax.set_xticklabels(present)
+    ax.set_xlabel("layer to reconstruct from")
+    ax.set_ylabel("average normalised reconstruction error")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path, caption)
+
+
+def figure_topk(path, images, features, decoder: Decoder, *, k: int = 5, labels: Sequence[str] | None = None,
+                caption: str = "") -> None:
+    """Seed 000 Figure 8: image | from all fc8 | top-k only | without top-k, one row per image."""
+    f = torch.as_tensor(features).float()
+    recs = [_decode(decoder, g) for g in (f, top_k_only(f, k), without_top_k(f, k))]
+    rows = [[images[i], recs[0][i], recs[1][i], recs[2][i]] for i in range(len(images))]
+    image_grid(path, rows, col_labels=["Image", "all", f"top{k}", f"no top{k}"], row_labels=labels, caption=caption)
+
+
+def figure_perturbed(path, images, rows: Mapping[str, tuple], *, kinds: Sequence[str] = ("none", "binarize", "drop50"),
+                     seed: int = 0, caption: str = "") -> None:
+    """Seed 000 Figure 9: per image a block of rows (one per perturbation kind), columns image | layers.
+
+    ``rows[layer] = (features of the images (B, ...), decoder)``.
+    """
+    layers = list(rows)
+    recs = {(l, kind): _decode(dec, perturb(torch.as_tensor(f).float(), kind, seed=seed))
+            for l, (f, dec) in rows.items() for kind in kinds}
+    grid, labels = [], []
+    for i, im in enumerate(images):
+        for j, kind in enumerate(kinds):
+            grid.append([im if j == 0 else None] + [recs[(l, kind)][i] for l in layers])
+            labels.append(kind)
+    image_grid(path, grid, col_labels=["Image", *layers], row_labels=labels, caption=caption)
+
+
+def figure_interpolation(path, rows: Mapping[str, tuple], *, steps: int = 8, caption: str = "",
+                         endpoints=None) -> None:
+    """Seed 000 Figure 10: rows = layers, columns = reconstructions of ``(1-t) a + t b``.
+
+    ``rows[layer] = (features of image A, features of image B, decoder)``
+    (single items without the batch dimension); ``endpoints`` optionally the
+    two input images, shown first and last.
+    """
+    grid = []
+    for fa, fb, dec in rows.values():
+        seq = _decode(dec, interpolate(fa, fb, steps))
+        row = list(seq)
+        if endpoints is not None:
+            row = [endpoints[0], *row, endpoints[1]]
+        grid.append(row)
+    cols = [f"t={t:.2f}" for t in np.linspace(0, 1, steps)]
+    if endpoints is not None:
+        cols = ["A", *cols, "B"]
+    image_grid(path, grid, row_labels=list(rows), col_labels=cols, caption=caption)
+
+
+def figure_random(path, rows: Mapping[str, tuple], *, count: int = 7, seed: int = 0, caption: str = "") -> None:
+    """Seed 000 Figure 11: rows = layers, ``count`` images from random feature vectors.
+
+    ``rows[layer] = (decoder, fitted sampler)`` (a
+    :class:`pipeline.evaluate.HistogramSampler` or ``TruncatedGaussianSampler``).
+    """
+    grid = [list(_decode(dec, sampler.sample(count, seed=seed))) for dec, sampler in rows.values()]
+    image_grid(path, grid, row_labels=list(rows), caption=caption)
