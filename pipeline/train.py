@@ -432,7 +432,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (when not in memory)")
     p.add_argument("--in-memory", default="auto", choices=("auto", "yes", "no"))
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
-    p.add_argument("--kill-at-step", type=int, help=argparse.SUPPRESS)  # tests: SIGKILL after this step
+    # tests: send this process --kill-signal (KILL or TERM) right after step --kill-at-step
+    p.add_argument("--kill-at-step", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--kill-signal", default="KILL", choices=("KILL", "TERM"), help=argparse.SUPPRESS)
 
 
 def _device(name: str) -> torch.device:
@@ -512,16 +514,22 @@ def _feature_rms(model: InversionModel, data: PairedData, device, n: int = SCALE
     """RMS of the features of the first ``n`` training images (dataset order)."""
     n = min(n, len(data))
     total, count = 0.0, 0
+    enc = model.encoder
+    was_training = enc.training if enc is not None else False
+    if enc is not None:
+        enc.eval()
     for s in range(0, n, 64):
         items = [data[i] for i in range(s, min(n, s + 64))]
         imgs, feats = _collate(items)
         if feats is None:
             x = imgs.to(device).permute(0, 3, 1, 2).float()
             with torch.no_grad():
-                feats = model.encoder(x).float()
+                feats = enc(x).float()
         feats = feats.double()
         total += float((feats ** 2).sum())
         count += feats.numel()
+    if enc is not None:
+        enc.train(was_training)
     rms = math.sqrt(total / max(count, 1))
     return rms if rms > 0 and math.isfinite(rms) else 1.0
 
@@ -707,10 +715,12 @@ def train(args) -> dict:
     def _on_term(signum, frame):  # Slurm preemption: checkpoint at the next step boundary
         stop["flag"] = True
 
-    try:
-        old_handler = signal.signal(signal.SIGTERM, _on_term)
-    except ValueError:  # not the main thread
-        old_handler = None
+    old_handler = None
+    if world == 1:  # under torchrun the launcher owns the signals
+        try:
+            old_handler = signal.signal(signal.SIGTERM, _on_term)
+        except ValueError:  # not the main thread
+            pass
     progress = _Progress(total, step, enabled=rank == 0)
     net.train()
     pin = device.type == "cuda"
@@ -751,11 +761,11 @@ def train(args) -> dict:
                     acc["n"] = 0
                     t0, n_img = time.perf_counter(), 0
                 progress.update(step, total, info)
-                if step % args.checkpoint_every == 0 or stop["flag"]:
+                if step % args.checkpoint_every == 0 and step < total:
                     acc["loss"] = float(loss_sum)
                     save()
                 if args.kill_at_step is not None and step == args.kill_at_step:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                    os.kill(os.getpid(), getattr(signal, f"SIG{args.kill_signal}"))
                 if step >= total or stop["flag"]:
                     break
         acc["loss"] = float(loss_sum)

@@ -193,6 +193,11 @@ def test_resume_after_kill_gives_identical_weights(data, tmp_path, one_thread):
     assert r.returncode == -9, r.stderr  # SIGKILL: no cleanup, last checkpoint at step 4
     assert not (killed / "decoder.pt").exists()
     assert torch.load(killed / "checkpoint.pt", weights_only=False)["step"] == 4
+    # resumed, then preempted by SIGTERM (as Slurm does): checkpoint at once, exit 143
+    r = subprocess.run(cmd + ["--kill-at-step", "6", "--kill-signal", "TERM"], cwd=REPO, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 143, r.stderr
+    assert torch.load(killed / "checkpoint.pt", weights_only=False)["step"] == 6
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stdout
@@ -332,3 +337,17 @@ def test_reconstruct_batch_resizes_to_the_image_size():
     y = reconstruct_batch(dec, torch.rand(2, 10, 1, 1))
     assert y.shape == (2, 3, 40, 40) and y.min() >= 0 and y.max() <= 255
     assert reconstruct_batch(dec, torch.rand(2, 10), size=16).shape == (2, 3, 16, 16)
+
+
+def test_bench_train_prints_figures_against_the_paper(capsys):
+    from pipeline.train import bench_train
+
+    assert bench_train(["--size", "16", "--width", "0.05", "--steps", "1", "--warmup", "0", "--batch-size", "4",
+                        "--kinds", "hog", "fc", "--devices", "cpu"]) == 0
+    out = capsys.readouterr().out
+    lines = [l for l in out.splitlines() if l.startswith("cpu ")]
+    assert [l.split()[1] for l in lines] == ["hog", "fc"]
+    for l in lines:
+        ips, ms = float(l.split()[-3]), float(l.split()[-2])
+        assert ips > 0 and ms > 0
+    assert "5 ms per image" in out
