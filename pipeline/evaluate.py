@@ -842,6 +842,7 @@ def render_table2_md(records: list[dict], caption: str) -> str:
         ])
     head = ["Method", "Error", "Std", "95% CI (mean)", "PSNR (dB)", "SSIM", "÷ floor", "Images", "Paper"]
     n0 = records[0] if records else {}
+    checks = table2_checks(records)
     notes = (
         "Error: mean over images of ||x − f(Φ(x))||₂ / N, reconstructions resized bilinearly to the input size; "
         f"N = mean Euclidean distance between the test images (all pairs i ≠ j) = {_fmt(n0.get('normaliser'), 1)}; "
@@ -850,7 +851,34 @@ def render_table2_md(records: list[dict], caption: str) -> str:
         " for the mean. ÷ floor: error relative to the mean-image predictor. "
         "Paper: seed 000 Table 2 (ImageNet validation subset)."
     )
-    return f"**Table 2.** Normalised reconstruction error. {caption}\n\n" + markdown_table(head, body) + "\n" + notes + "\n"
+    text = f"**Table 2.** Normalised reconstruction error. {caption}\n\n" + markdown_table(head, body) + "\n" + notes + "\n"
+    if checks:
+        text += "\nChecks against the paper's claims:\n\n" + "".join(f"- {c}\n" for c in checks)
+    return text
+
+
+def table2_checks(records: list[dict]) -> list[str]:
+    """The paper's qualitative claims, checked on these numbers (text lines; empty when not applicable).
+
+    HOG ours below both baselines (HOGgles, HOG^-1) where they are present,
+    and every decoder ("ours" rows) at least 10% below the mean-image floor.
+    """
+    by = {r["row"]: r for r in records}
+    out = []
+    ours = by.get("ours-hog")
+    base = [by[b] for b in ("hoggles", "mv-hog") if b in by]
+    if ours and base:
+        ok = all(ours["error_mean"] < b["error_mean"] for b in base)
+        vs = ", ".join(f"{b['name']} {b['error_mean']:.3f}" for b in base)
+        out.append(f"HOG ours ({ours['error_mean']:.3f}) below the baselines ({vs}): {'yes' if ok else 'NO'}")
+    floor = by.get(FLOOR_ROW)
+    dec = [r for r in records if r["method"] == "ours"]
+    if floor and dec:
+        ok = all(r["error_mean"] <= 0.9 * floor["error_mean"] for r in dec)
+        vs = ", ".join(f"{r['name']} {r['error_mean'] / floor['error_mean']:.2f}" for r in dec)
+        out.append(f"every decoder at least 10% below the mean-image floor ({floor['error_mean']:.3f}; "
+                   f"ratios {vs}): {'yes' if ok else 'NO'}")
+    return out
 
 
 # --------------------------------------------------------------------------- feature-space errors
@@ -919,6 +947,9 @@ def mv_table1(test: TestSet, rows: dict[str, list[str]], *, dataset: str, featur
         fname, fparams = representation_of_store(meta[0]) if rid not in feature_names else (feature_names[rid], {})
         if rid in feature_params:
             fparams = feature_params[rid]
+        if fname != rep and rid not in feature_names:
+            print(f"mv-table1: row {rid!r} ({rep}) evaluated with the stores' representation {fname!r}",
+                  file=sys.stderr)
         module = _feature_module(fname, fparams, device)
         if rid in features:
             ref = [None] * len(test.keys)
@@ -1430,6 +1461,7 @@ def bench_evaluate(argv: list[str]) -> int:
         fn()
         return time.perf_counter() - t
 
+    normalized_errors(x[:4], r[:4]), psnr_per_image(x[:2], r[:2]), ssim_per_image(x[:2], r[:2])  # warm-up, imports
     t_ref = timed(lambda: ((x.astype(np.float32) - x.astype(np.float32)[::-1]) ** 2).sum())
     t_norm = timed(lambda: mean_pairwise_distance(images_nchw(x)))
     t_err = timed(lambda: normalized_errors(x, r))

@@ -324,11 +324,13 @@ def workspace(tmp_path, photos):
 
     good = blurred(photos)  # half size: tests the resize
     noisy = np.clip(nchw(photos) + rng.normal(0, 40, (len(photos), 3, SIZE, SIZE)), 0, 255).astype(np.float32)
+    mv_params = {"representation": "test_eval_grad", "method": "mahendran-vedaldi",
+                 "feature": {"name": "test_eval_grad", "params": {"cell": 4}}}
     w = {"keys": keys, "shards": [str(s) for s in shards], "good": good, "noisy": noisy, "tmp": tmp_path,
          "ours0": store("ours0", good, slice(0, 5)), "ours1": store("ours1", good, slice(5, None)),
-         "mv0": store("mv0", noisy, slice(0, 5), feature="test_eval_grad", params={"cell": 4},
-                      extra_attrs={"method": "mahendran-vedaldi"}),
-         "mv1": store("mv1", noisy, slice(5, None), feature="test_eval_grad", params={"cell": 4}),
+         # the layout of invert-mv and reconstruct stores: the representation under params["feature"]
+         "mv0": store("mv0", noisy, slice(0, 5), params=mv_params, extra_attrs={"method": "mahendran-vedaldi"}),
+         "mv1": store("mv1", noisy, slice(5, None), params=mv_params),
          "exact0": store("exact0", nchw(photos), slice(0, 5), feature="test_eval_grad", params={"cell": 4}),
          "exact1": store("exact1", nchw(photos), slice(5, None), feature="test_eval_grad", params={"cell": 4})}
     return w
@@ -373,6 +375,7 @@ def test_table2_cli_rows_columns_values_and_captions(workspace, photos):
         assert float(r["error_ci95_low"]) <= float(r["error_mean"]) <= float(r["error_ci95_high"])
     md = out.with_suffix(".md").read_text()
     assert "Dataset: skimage photos." in md and "HOG ours" in md and "HOGgles" not in md and "0.24" in md
+    assert "below the baselines (HOG⁻¹ [Mahendran & Vedaldi] 0.4" in md and ": yes" in md
     assert (w["tmp"] / "results" / "table2.csv.caption.txt").read_text().startswith("Dataset: skimage photos.")
     per = read_csv(w["tmp"] / "per_image.csv")
     assert len(per) == 3 * 8 and {p["row"] for p in per} == {"mv-hog", "ours-hog", "mean-image"}
@@ -554,3 +557,28 @@ def test_figure_cli_with_a_saved_decoder(workspace):
     out = tmp / "fig8.png"
     assert main(["evaluate", "fig8", *common, "--model", str(model), "--out", str(out)]) == 0
     _nonblank_png(out)
+
+
+def test_table2_checks_report_failures():
+    def rec(row, method, e):
+        return {"row": row, "name": row, "method": method, "error_mean": e}
+
+    good = [rec("hoggles", "hoggles", 0.6), rec("mv-hog", "mahendran-vedaldi", 0.63), rec("ours-hog", "ours", 0.3),
+            rec("ours-lbp", "ours", 0.5), rec("mean-image", "mean-image", 0.7)]
+    lines = ev.table2_checks(good)
+    assert len(lines) == 2 and lines[0].endswith("yes") and lines[1].endswith("yes")
+    bad = [dict(r, error_mean=0.65) if r["row"] == "ours-lbp" else r for r in good]
+    assert ev.table2_checks(bad)[1].endswith("NO")  # 0.65 > 0.9 * 0.7
+    worse = [dict(r, error_mean=0.62) if r["row"] == "ours-hog" else r for r in good]
+    assert ev.table2_checks(worse)[0].endswith("NO")  # above HOGgles
+    assert ev.table2_checks([rec("ours-hog", "ours", 0.3)]) == []
+
+
+def test_representation_of_store_layouts():
+    direct = {"path": "a.h5", "attrs": {"feature": "hog"}, "params": {"cell": 8}}
+    nested = {"path": "b.h5", "attrs": {"feature": "reconstruction"},
+              "params": {"representation": "hog", "feature": {"name": "hog", "params": {"cell": 8}}}}
+    assert ev.representation_of_store(direct) == ("hog", {"cell": 8})
+    assert ev.representation_of_store(nested) == ("hog", {"cell": 8})
+    with pytest.raises(ValueError, match="b.h5.*--feature"):
+        ev.representation_of_store({**nested, "params": {"representation": "hog"}})
