@@ -39,6 +39,16 @@ def _check_config():
             check_weights(a["arch"], a["weights"], download=False)
         except (FileNotFoundError, ValueError) as e:
             raise ValueError(f"alexnet.weights: {e}") from None
+    for key in ("decoders", "mv"):
+        section = config[key]
+        for rep in section.get("train", section.get("representations", [])):
+            if rep not in config["representations"]:
+                raise ValueError(
+                    f"{key}: {rep!r} is not a key of 'representations' ({sorted(config['representations'])})"
+                )
+    for layer in config["decoders"]["alexnet_layers"] + config["decoders"]["autoencoder_layers"] + config["mv"]["alexnet_layers"]:
+        if layer not in config["alexnet"]["layers"]:
+            raise ValueError(f"decoders/mv: AlexNet layer {layer!r} is not in alexnet.layers {config['alexnet']['layers']}")
     for name in config["representations"]:
         if not name.replace("_", "").isalnum() or name.startswith("alexnet"):
             raise ValueError(
@@ -108,11 +118,17 @@ wildcard_constraints:
 
 # --------------------------------------------------------------------- targets
 def all_targets():
-    targets = []
-    for size in image_sizes():
-        targets += expand("data/shards/{size}px/{split}/manifest.json", size=size, split=SPLITS)
-    if config["features"]["store"] == "precomputed":
-        for rep in REPS:
-            for split in SPLITS:
-                targets += feature_paths(rep, split)
-    return targets
+    """The paper's outputs (rule all); functions from the other rule files."""
+    d = config["decoders"]
+    t = ["results/table2.csv", "results/table2.md", "results/figures/grid_shallow.png"]
+    t += expand("results/models/{rep}/decoder.pt", rep=d["train"])
+    if mv_table1_rows():
+        t += ["results/mv_table1.csv", "results/mv_table1.md"]
+    if config["alexnet"]["layers"]:
+        if figure7_points():
+            t += ["results/figure7.csv", "results/figure7.png"]
+        if d["alexnet_layers"]:
+            t += ["results/figures/grid_alexnet.png"]
+            t += expand("results/models/alexnet_{layer}/decoder.pt", layer=d["alexnet_layers"])
+        t += [f"results/figures/{fig}.png" for fig in FIGURE_LAYERS if figure_layers(fig)]
+    return t

@@ -1,0 +1,216 @@
+# Evaluation: Table 2, M&V Table 1, Figure 7, grids and Figures 8, 10, 11.
+
+
+def recon(method, rep):
+    return expand("results/reconstructions/{method}/{rep}/{shard}.h5", method=method, rep=rep, shard=shard_ids("val"))
+
+
+def row_arg(name, paths):
+    return f"--row {name}={','.join(paths)}"
+
+
+def caption_args(stats=True):
+    """Dataset and weights for captions; with ``stats`` the interval method, seed, image subset."""
+    a = config["alexnet"]
+    weights = a["weights"] if a["layers"] else "none"
+    args = f"--dataset {shlex.quote(config['dataset']['name'])} --weights {shlex.quote(weights)}"
+    if stats:
+        maxi = config["evaluation"]["max_images"]
+        args += f" --ci {config['evaluation']['ci']} --seed {config['seed']}"
+        args += f" --max-images {maxi}" if maxi else ""
+    return args
+
+
+def table2_rows():
+    """Table 2 row id -> reconstruction stores (rows whose method is configured)."""
+    rows = {}
+    if "hog" in REPS:
+        if HOGGLES:
+            rows["hoggles"] = recon("hoggles", "hog")
+        if "hog" in config["mv"]["representations"]:
+            rows["mv-hog"] = recon("mv", "hog")
+    for rep in ("hog", "sift", "lbp"):
+        if rep in config["decoders"]["train"]:
+            rows[f"ours-{rep}"] = recon("ours", rep)
+    return rows
+
+
+HOGGLES = "hog" in REPS
+
+
+rule mean_image:
+    input:
+        lambda w: shard_paths(w.size, "train"),
+    output:
+        "results/eval/mean_image_{size}px.npy",
+    log:
+        "logs/mean_image/{size}px.log",
+    benchmark:
+        "benchmarks/mean_image/{size}px.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline evaluate mean-image --shards {input} --out {output} > {log} 2>&1"
+
+
+rule table2:
+    input:
+        images=lambda w: shard_paths(rep_size("hog") if "hog" in REPS else image_sizes()[0], "val"),
+        mean=lambda w: f"results/eval/mean_image_{rep_size('hog') if 'hog' in REPS else image_sizes()[0]}px.npy",
+        stores=lambda w: [p for paths in table2_rows().values() for p in paths],
+    output:
+        csv=report("results/table2.csv", category="Tables", caption="../report/table2.rst"),
+        md="results/table2.md",
+    params:
+        rows=lambda w: " ".join(row_arg(k, v) for k, v in table2_rows().items()),
+        caption=caption_args(),
+    log:
+        "logs/table2.log",
+    benchmark:
+        "benchmarks/table2.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline evaluate table2 --images {input.images} --mean-image {input.mean} {params.rows}"
+        " {params.caption} --out {output.csv} --md {output.md} > {log} 2>&1"
+
+
+def mv_table1_rows():
+    rows = {rep: recon("mv", rep) for rep in ("hog", "hogb", "dsift") if rep in config["mv"]["representations"]}
+    if HOGGLES:
+        rows["hoggles"] = recon("hoggles", "hog")
+    return rows
+
+
+rule mv_table1:
+    input:
+        images=lambda w: shard_paths(rep_size("hog"), "val"),
+        stores=lambda w: [p for paths in mv_table1_rows().values() for p in paths],
+    output:
+        csv=report("results/mv_table1.csv", category="Tables", caption="../report/mv_table1.rst"),
+        md="results/mv_table1.md",
+    params:
+        rows=lambda w: " ".join(row_arg(k, v) for k, v in mv_table1_rows().items()),
+        caption=caption_args(),
+    log:
+        "logs/mv_table1.log",
+    benchmark:
+        "benchmarks/mv_table1.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline evaluate mv-table1 --images {input.images} {params.rows} {params.caption}"
+        " --out {output.csv} --md {output.md} > {log} 2>&1"
+
+
+FIG7_LABELS = {
+    "ours": "ours (decoder)",
+    "mv": "Mahendran & Vedaldi",
+    "autoencoder": "autoencoder",
+    "ours-binarize": "binarised",
+    "ours-drop50": "50% dropout",
+    "ours-drop50-smallest": "drop 50% smallest",
+}
+
+
+def figure7_points():
+    d, pts = config["decoders"], {}
+    for layer in config["alexnet"]["layers"]:
+        rep = f"alexnet_{layer}"
+        if layer in d["alexnet_layers"]:
+            pts[("ours", layer)] = recon("ours", rep)
+            for kind in d["perturbations"]:
+                pts[(f"ours-{kind}", layer)] = recon(f"ours-{kind}", rep)
+        if layer in d["autoencoder_layers"]:
+            pts[("autoencoder", layer)] = recon("autoencoder", rep)
+        if layer in config["mv"]["alexnet_layers"]:
+            pts[("mv", layer)] = recon("mv", rep)
+    return pts
+
+
+rule figure7:
+    input:
+        images=lambda w: shard_paths(config["alexnet"]["image_size"], "val"),
+        stores=lambda w: [p for paths in figure7_points().values() for p in paths],
+    output:
+        csv="results/figure7.csv",
+        png=report("results/figure7.png", category="Figures", caption="../report/figure7.rst"),
+    params:
+        points=lambda w: " ".join(f"--point {c}:{l}={','.join(v)}" for (c, l), v in figure7_points().items()),
+        labels=" ".join(f"--label {k}={shlex.quote(v)}" for k, v in FIG7_LABELS.items()),
+        caption=caption_args(),
+    log:
+        "logs/figure7.log",
+    benchmark:
+        "benchmarks/figure7.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline evaluate figure7 --images {input.images} {params.points} {params.labels}"
+        " {params.caption} --out {output.csv} --png {output.png} > {log} 2>&1"
+
+
+def grid_columns(which):
+    if which == "shallow":
+        cols = {f"{('HOGgles' if k == 'hoggles' else k)}": v for k, v in table2_rows().items()}
+        return cols
+    return {layer: recon("ours", f"alexnet_{layer}") for layer in config["decoders"]["alexnet_layers"]}
+
+
+rule grid:
+    input:
+        images=lambda w: shard_paths(
+            rep_size("hog") if w.which == "shallow" else config["alexnet"]["image_size"], "val"
+        ),
+        stores=lambda w: [p for paths in grid_columns(w.which).values() for p in paths],
+    output:
+        report("results/figures/grid_{which}.png", category="Figures", caption="../report/grid.rst"),
+    wildcard_constraints:
+        which="shallow|alexnet",
+    params:
+        columns=lambda w: " ".join(f"--column {k}={','.join(v)}" for k, v in grid_columns(w.which).items()),
+        n=config["evaluation"]["grid_count"],
+        caption=caption_args(),
+    log:
+        "logs/grid/{which}.log",
+    benchmark:
+        "benchmarks/grid/{which}.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline evaluate grid --images {input.images} {params.columns} --count {params.n}"
+        " {params.caption} --out {output} > {log} 2>&1"
+
+
+FIGURE_LAYERS = {"fig8": ["fc8"], "fig10": ["conv5", "fc6", "fc7", "fc8"], "fig11": ["fc6", "fc7", "fc8"]}
+
+
+def figure_layers(fig):
+    return [l for l in FIGURE_LAYERS[fig] if l in config["decoders"]["alexnet_layers"]]
+
+
+rule alexnet_figure:
+    input:
+        images=lambda w: shard_paths(config["alexnet"]["image_size"], "val"),
+        models=lambda w: [f"results/models/alexnet_{l}/decoder.pt" for l in figure_layers(w.fig)],
+    output:
+        report("results/figures/{fig}.png", category="Figures", caption="../report/alexnet_figure.rst"),
+    wildcard_constraints:
+        fig="fig8|fig10|fig11",
+    params:
+        models=lambda w: (
+            f"--model results/models/alexnet_fc8"
+            if w.fig == "fig8"
+            else " ".join(f"--model {l}=results/models/alexnet_{l}" for l in figure_layers(w.fig))
+        ),
+        caption=caption_args(stats=False),
+        seed=config["seed"],
+    log:
+        "logs/alexnet_figure/{fig}.log",
+    benchmark:
+        "benchmarks/alexnet_figure/{fig}.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline evaluate {wildcards.fig} --images {input.images} {params.models}"
+        " {params.caption} --seed {params.seed} --out {output} > {log} 2>&1"

@@ -1,0 +1,145 @@
+# Learned inversion (Dosovitskiy & Brox 2016): train one decoder per
+# representation, then reconstruct the validation shards with it.
+
+
+def train_inputs(w):
+    rep = w.rep
+    inputs = {"images": shard_paths(rep_size(rep), "train")}
+    if config["features"]["store"] == "precomputed":
+        inputs["features"] = feature_paths(rep, "train")
+    return inputs
+
+
+def decoder_params():
+    d = config["decoders"]
+    length = f"--steps {d['steps']}" if d["steps"] else f"--epochs {d['epochs']}"
+    return (
+        f"--width {d['width']} {length} --batch-size {d['batch_size']} --lr {d['lr']}"
+        f" --lr-milestones {' '.join(str(m) for m in d['lr_milestones'])} --lr-gamma {d['lr_gamma']}"
+        f" --checkpoint-every {d['checkpoint_every']} --device {d['device']} --amp {d['amp']}"
+        f" --workers {d['workers']} --seed {config['seed']}"
+    )
+
+
+def features_arg(rep, split, key="features"):
+    """--features STORES for precomputed stores, or --on-the-fly with the representation."""
+    if config["features"]["store"] == "precomputed":
+        return "--features " + " ".join(feature_paths(rep, split))
+    r = REPS[rep]
+    return f"--on-the-fly --feature {r['feature']} --params {as_json(r['params'])}"
+
+
+rule train_decoder:
+    input:
+        unpack(train_inputs),
+    output:
+        model="results/models/{rep}/decoder.pt",
+        config="results/models/{rep}/config.json",
+        metrics="results/models/{rep}/metrics.csv",
+    params:
+        hyper=decoder_params(),
+        features=lambda w: features_arg(w.rep, "train"),
+    log:
+        "logs/train_decoder/{rep}.log",
+    benchmark:
+        "benchmarks/train_decoder/{rep}.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        runtime=2880,
+        mem_mb=32000,
+    shell:
+        "python -m pipeline train --representation {wildcards.rep} --images {input.images}"
+        " {params.features} {params.hyper} --threads {threads} --out results/models/{wildcards.rep}"
+        " > {log} 2>&1"
+
+
+rule train_autoencoder:
+    input:
+        images=lambda w: shard_paths(config["alexnet"]["image_size"], "train"),
+    output:
+        model="results/models/autoencoder/alexnet_{layer}/decoder.pt",
+        config="results/models/autoencoder/alexnet_{layer}/config.json",
+        metrics="results/models/autoencoder/alexnet_{layer}/metrics.csv",
+    params:
+        hyper=decoder_params(),
+        fparams=lambda w: as_json(REPS[f"alexnet_{w.layer}"]["params"]),
+    log:
+        "logs/train_autoencoder/{layer}.log",
+    benchmark:
+        "benchmarks/train_autoencoder/{layer}.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        runtime=2880,
+        mem_mb=32000,
+    shell:
+        "python -m pipeline train --representation alexnet_{wildcards.layer} --images {input.images}"
+        " --on-the-fly --feature alexnet --params {params.fparams} --finetune-encoder"
+        " {params.hyper} --threads {threads} --out results/models/autoencoder/alexnet_{wildcards.layer}"
+        " > {log} 2>&1"
+
+
+def reconstruct_features(w):
+    if w.method.startswith("ours-"):  # perturbed features, decoder trained on clean ones
+        return [f"data/features_perturbed/{w.method[5:]}/{w.rep}/val/{w.shard}.h5"]
+    if w.method == "ours" and config["features"]["store"] == "precomputed":
+        return [f"data/features/{w.rep}/val/{w.shard}.h5"]
+    return []  # on the fly (the autoencoder always: its encoder was fine-tuned)
+
+
+def model_dir(w):
+    if w.method == "autoencoder":
+        return f"results/models/autoencoder/{w.rep}"
+    return f"results/models/{w.rep}"
+
+
+rule reconstruct:
+    input:
+        model=lambda w: f"{model_dir(w)}/decoder.pt",
+        images=lambda w: f"data/shards/{rep_size(w.rep)}px/val/{w.shard}.tar",
+        features=reconstruct_features,
+    output:
+        "results/reconstructions/{method}/{rep}/{shard}.h5",
+    wildcard_constraints:
+        method="ours|autoencoder|ours-binarize|ours-drop50|ours-drop50-smallest",
+    params:
+        features=lambda w, input: f"--features {input.features}" if input.features else "--on-the-fly",
+        device=config["decoders"]["device"],
+    log:
+        "logs/reconstruct/{method}/{rep}/{shard}.log",
+    benchmark:
+        "benchmarks/reconstruct/{method}/{rep}/{shard}.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    threads: 1
+    resources:
+        runtime=60,
+        mem_mb=8000,
+    shell:
+        "python -m pipeline reconstruct --model {input.model} --images {input.images} {params.features}"
+        " --out {output} --device {params.device} --threads {threads} > {log} 2>&1"
+
+
+rule perturb_features:
+    input:
+        "data/features/{rep}/val/{shard}.h5",
+    output:
+        "data/features_perturbed/{kind}/{rep}/val/{shard}.h5",
+    wildcard_constraints:
+        kind="binarize|drop50|drop50-smallest",
+    params:
+        seed=config["seed"],
+    log:
+        "logs/perturb_features/{kind}/{rep}/{shard}.log",
+    benchmark:
+        "benchmarks/perturb_features/{kind}/{rep}/{shard}.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline evaluate perturb --features {input} --kind {wildcards.kind} --seed {params.seed}"
+        " --out {output} > {log} 2>&1"
