@@ -1,0 +1,188 @@
+"""Shallow features (HOG, HOGb, LBP, dense and sparse SIFT) against VLFeat.
+
+VLFeat 0.9.21 is called live through ``pipeline.vlfeat`` (ctypes); tests that
+need it are skipped, with the loader's reason, only if libvl cannot be loaded.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+
+from pipeline import vlfeat
+from pipeline.features import get_feature, to_gray
+from pipeline.features.hog import hog_histograms, hog_normalize, hog_permutation
+
+needs_vlfeat = pytest.mark.skipif(
+    not vlfeat.available(), reason=f"VLFeat unavailable: {vlfeat.unavailable_reason()}")
+
+TOL = 1e-4  # absolute, on images in [0, 255]
+
+
+def photo(name: str) -> torch.Tensor:
+    """A scikit-image photograph as a (1, C, H, W) float tensor in [0, 255]."""
+    a = getattr(skimage.data, name)()
+    if a.ndim == 2:
+        a = a[None]
+    else:
+        a = a[..., :3].transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(a)).float()[None]
+
+
+def crop(x: torch.Tensor, h: int, w: int, y0: int = 0, x0: int = 0) -> torch.Tensor:
+    return x[..., y0:y0 + h, x0:x0 + w].contiguous()
+
+
+def gray_np(x: torch.Tensor) -> np.ndarray:
+    """The grey image our modules see (to_gray), as VLFeat's input."""
+    return to_gray(x)[0, 0].numpy().astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return {n: photo(n) for n in ("camera", "astronaut", "coffee", "coins")}
+
+
+def random_images(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    yield torch.rand(1, 1, 45, 61, generator=g) * 255  # continuous values
+    yield torch.randint(0, 256, (1, 3, 40, 36), generator=g).float()  # integer RGB: many ties
+
+
+# (height, width): multiples of the cell and not
+SIZES = [(64, 64), (67, 93), (131, 77), (20, 13)]
+
+
+# ----------------------------------------------------------------------------
+# HOG / HOGb
+
+
+@needs_vlfeat
+@pytest.mark.parametrize("name", ["hog", "hogb"])
+def test_hog_equals_vlfeat_on_photos(name, photos):
+    f = get_feature(name)
+    for pname, img in photos.items():
+        for i, (h, w) in enumerate(SIZES):
+            x = crop(img, h, w, 10 * i, 7 * i)
+            ref = vlfeat.hog(gray_np(x), bilinear=(name == "hogb"))
+            out = f(x)
+            assert out.shape == (1,) + ref.shape == (1,) + f.output_shape(h, w)
+            err = np.abs(out[0].numpy() - ref).max()
+            assert err < TOL, f"{name} {pname} {h}x{w}: max abs error {err}"
+    # a whole 256x256 photograph and the odd size 227x227
+    for h, w in [(256, 256), (227, 227)]:
+        x = crop(photos["astronaut"], h, w, 100, 150)
+        ref = vlfeat.hog(gray_np(x), bilinear=(name == "hogb"))
+        assert np.abs(f(x)[0].numpy() - ref).max() < TOL
+
+
+@needs_vlfeat
+@pytest.mark.parametrize("name", ["hog", "hogb"])
+def test_hog_equals_vlfeat_on_random_and_special_images(name):
+    f = get_feature(name)
+    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(48.0), indexing="ij")
+    special = [
+        (yy * 5.0 % 255)[None, None],  # gx = 0 everywhere: the 90/270 degree tie
+        (xx * 3.0)[None, None],  # gy = 0: gradients on bin centres
+        ((xx + yy) * 2.0)[None, None],  # 45 degrees
+        ((7 * xx - 3 * yy) % 256.0)[None, None],
+    ]
+    for x in list(random_images()) + special:
+        ref = vlfeat.hog(gray_np(x), bilinear=(name == "hogb"))
+        err = np.abs(f(x)[0].numpy() - ref).max()
+        assert err < TOL, f"{name} {tuple(x.shape)}: {err}"
+
+
+@needs_vlfeat
+def test_hog_batched_equals_single_and_both_scatter_paths(photos):
+    """A batch gives each image's own HOG; the complex-lane scatter (CPU)
+    and the four real scatters (other devices) give the same histograms."""
+    f = get_feature("hog")
+    xs = torch.cat([crop(p, 50, 70).expand(1, 3, 50, 70) for p in photos.values()], 0)
+    out = f(xs)
+    for i in range(xs.shape[0]):
+        ref = vlfeat.hog(gray_np(xs[i:i + 1]))
+        assert np.abs(out[i].numpy() - ref).max() < TOL
+    g = to_gray(xs)[:, 0]
+    for bilinear in (False, True):
+        a = hog_histograms(g, bilinear=bilinear, use_complex=True)
+        b = hog_histograms(g, bilinear=bilinear, use_complex=False)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-3)
+
+
+def test_hog_chunking_is_invisible(monkeypatch):
+    import pipeline.features.hog as hogmod
+    x = next(random_images(3)).repeat(5, 1, 1, 1) * torch.linspace(0.2, 1, 5).view(5, 1, 1, 1)
+    f = get_feature("hog")
+    full = f(x)
+    monkeypatch.setattr(hogmod, "CPU_CHUNK_PIXELS", 2 * 45 * 61)  # 2 images per chunk
+    torch.testing.assert_close(f(x), full, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["hog", "hogb"])
+def test_hog_of_flat_image_is_zero(name):
+    out = get_feature(name)(torch.full((2, 3, 33, 40), 117.0))
+    assert out.shape == (2, 31, 4, 5)
+    assert torch.count_nonzero(out) == 0
+
+
+def test_hog_flip_permutation():
+    """HOG of the mirrored image = permuted, mirrored HOG (width multiple of 8)."""
+    perm = hog_permutation()
+    if vlfeat.available():
+        assert perm == vlfeat.hog_permutation().tolist()
+    f = get_feature("hog")
+    x = next(random_images(1))[..., :40, :56]
+    a = f(x.flip(-1))
+    b = f(x)[:, perm].flip(-1)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert a.abs().sum() > 1  # not trivially zero
+
+
+def test_hog_grid_and_params():
+    f = get_feature("hog")
+    assert f.name == "hog" and get_feature("hogb").name == "hogb"
+    assert f.params["cell_size"] == 8 and f.params["num_orientations"] == 9
+    for H, W, h, w in [(256, 256, 32, 32), (227, 227, 28, 28), (20, 13, 3, 2)]:
+        assert f.output_shape(H, W) == (31, h, w)
+    with pytest.raises(ValueError, match="cell_size"):
+        get_feature("hog", cell_size=0)
+    with pytest.raises(ValueError, match="too small"):
+        f(torch.zeros(1, 1, 3, 20))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        f(torch.zeros(1, 20, 20))
+
+
+@pytest.mark.parametrize("name", ["hog", "hogb"])
+def test_hog_gradcheck(name):
+    """Random double images: no finite-difference step (1e-6) crosses an
+    orientation boundary or a 0.2 clamp, so the piecewise-smooth HOG passes."""
+    f = get_feature(name)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, 1, 19, 18, generator=g, dtype=torch.float64) * 255).requires_grad_()
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True)
+    x = (torch.rand(1, 1, 12, 11, generator=g, dtype=torch.float64) * 255).requires_grad_()
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["hog", "hogb"])
+def test_hog_gradients_finite_on_flat_and_aligned_images(name):
+    f = get_feature(name)
+    yy, xx = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
+    for img in (torch.full((24, 24), 80.0), xx * 4, yy * 4, (xx + yy) * 2):
+        for dtype in (torch.float32, torch.float64):
+            x = img.to(dtype)[None, None].clone().requires_grad_()
+            (f(x) * torch.rand(f.output_shape(24, 24), dtype=dtype)).sum().backward()
+            assert torch.isfinite(x.grad).all()
+
+
+def test_hogb_grad_path_has_same_values():
+    """With requires_grad, HOGb's straight-through weight keeps VLFeat's value."""
+    f = get_feature("hogb")
+    x = next(random_images(2))
+    a = f(x)
+    b = f(x.clone().requires_grad_())
+    torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-6)
