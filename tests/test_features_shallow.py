@@ -186,3 +186,63 @@ def test_hogb_grad_path_has_same_values():
     a = f(x)
     b = f(x.clone().requires_grad_())
     torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# LBP
+
+
+@needs_vlfeat
+def test_lbp_equals_vlfeat(photos):
+    f = get_feature("lbp")
+    cases = [crop(img, h, w, 5 * i, 3 * i) for img in photos.values()
+             for i, (h, w) in enumerate([(64, 64), (67, 93), (131, 77), (33, 40)])]
+    cases += [crop(photos["camera"], 256, 256), crop(photos["astronaut"], 227, 227, 50, 60)]
+    cases += list(random_images(4))
+    for x in cases:
+        ref = vlfeat.lbp(gray_np(x))
+        out = f(x)
+        assert out.shape == (1,) + ref.shape == (1,) + f.output_shape(*x.shape[-2:])
+        err = np.abs(out[0].numpy() - ref).max()
+        assert err < TOL, f"lbp {tuple(x.shape)}: {err}"
+
+
+@needs_vlfeat
+def test_lbp_batch_and_scatter_paths(photos):
+    from pipeline.features.lbp import lbp_histograms
+    xs = torch.cat([crop(p, 48, 80).expand(1, 3, 48, 80) for p in photos.values()], 0)
+    out = get_feature("lbp")(xs)
+    for i in range(xs.shape[0]):
+        assert np.abs(out[i].numpy() - vlfeat.lbp(gray_np(xs[i:i + 1]))).max() < TOL
+    g = to_gray(xs)[:, 0]
+    assert torch.equal(lbp_histograms(g, 16, use_complex=True), lbp_histograms(g, 16, use_complex=False))
+
+
+def test_lbp_cells_have_unit_norm(photos):
+    f = get_feature("lbp")
+    for x in [crop(p, 100, 90) for p in photos.values()] + list(random_images(5)):
+        norms = f(x).pow(2).sum(1)
+        torch.testing.assert_close(norms, torch.ones_like(norms), rtol=0, atol=1e-5)
+
+
+def test_lbp_flat_image_and_known_patterns():
+    f = get_feature("lbp")
+    out = f(torch.full((1, 1, 40, 50), 9.0))
+    assert out.shape == (1, 58, 2, 3)
+    assert torch.all(out[:, 56] == 1) and out.sum() == 6  # all codes 0 -> bin 56
+    # a vertical ramp increasing downwards: SE, S, SW greater -> run of 3 ones
+    # starting at bit 1 -> bin 7*1 + 3 - 1 = 9
+    yy = torch.arange(40.0).view(1, 1, 40, 1).expand(1, 1, 40, 50)
+    torch.testing.assert_close(f(yy)[0, :, 0, 0], torch.eye(58)[9])
+
+
+def test_lbp_params_and_no_grad():
+    f = get_feature("lbp")
+    assert f.name == "lbp" and f.params["cell_size"] == 16
+    assert f.output_shape(256, 256) == (58, 16, 16) and f.output_shape(227, 227) == (58, 14, 14)
+    x = torch.rand(1, 1, 32, 32, requires_grad=True) * 255
+    assert not f(x).requires_grad
+    with pytest.raises(ValueError, match="cell_size"):
+        get_feature("lbp", cell_size=64)
+    with pytest.raises(ValueError, match="smaller than cell_size"):
+        f(torch.zeros(1, 1, 15, 40))

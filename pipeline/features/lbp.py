@@ -1,1 +1,149 @@
-"""Placeholder: filled in by the features work."""
+"""Uniform LBP (VLFeat's ``vl_lbp``, 58 dimensions) as a batched torch module.
+
+Equals VLFeat 0.9.21 (``vl_lbp_new(VlLbpUniform, false)`` +
+``vl_lbp_process``) to about 1e-7 on images in [0, 255]; the tests check 1e-4.
+
+Definition (``vl/lbp.c``), for a grey image I (colour is converted first with
+:func:`pipeline.features.to_gray`) and cell size c:
+
+* at interior pixels (1 <= x <= W-2, 1 <= y <= H-2) an 8-bit code: bit k is
+  set when neighbour k is *strictly* greater than the centre, neighbours in
+  the order E, SE, S, SW, W, NW, N, NE (on screen, y down);
+* 58 bins: codes 0x00 and 0xff -> 56; a single cyclic run of j ones
+  (1 <= j <= 7) starting at bit i -> ``7 i + j - 1``; any other code -> 57;
+* grid ``W // c`` by ``H // c`` (floor); each pixel's one-hot bin is spread
+  bilinearly to four cells with cell coordinate ``(x + 0.5)/c - 0.5``;
+  contributions outside the grid are dropped;
+* each cell ``sqrt(h) / (sqrt(sum_k h_k) + 1e-10)``: unit L2 norm (a cell
+  with no pixels stays 0).
+
+Output ``(B, 58, H // c, W // c)``.  LBP is piecewise constant in the
+image (comparisons), so it has no useful gradient: the module runs under
+``torch.no_grad()`` and returns a tensor that does not require grad.
+
+Implementation (speed).  The code is 8 compare-and-accumulate passes on
+shifted slices; code -> bin by a 256-entry table.  The bilinear weights of a
+pixel are exact binary fractions: with ``t = 2 c frac(hx)`` (an integer)
+they are ``(2c - t)/(2c)`` and ``t/(2c)``, so ``4c^2`` times a corner weight
+is an integer <= 4c^2, and the sum over the c x c pixels of a *span* (the
+square between four cell centres) stays below ``2^b`` with
+``b = bitlength(4 c^4)`` (19 bits for c = 16).  Each pixel therefore adds the
+packed integers ``TL + 2^b TR`` and ``BL + 2^b BR`` to its span's bin as the
+two float64 lanes of one complex number: a single ``scatter_add_`` per
+pixel, exact in any summation order, unpacked with floor/subtract.  Span
+sums are combined into cells with four shifted additions.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from pipeline.features import register
+from pipeline.features.hog import as_float_image, chunks, span_geometry
+
+NUM_BINS = 58
+# Neighbour offsets (dy, dx) for bits 0..7: E, SE, S, SW, W, NW, N, NE.
+NEIGHBOURS = ((0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1))
+
+
+def uniform_mapping() -> list[int]:
+    """VLFeat's 256 -> 58 uniform-pattern table (``_vl_lbp_init_uniform``)."""
+    m = [57] * 256
+    m[0x00] = m[0xFF] = 56
+    for i in range(8):
+        for j in range(1, 8):
+            s = ((1 << j) - 1) << i
+            s = (s | (s >> 8)) & 0xFF
+            m[s] = 7 * i + j - 1
+    return m
+
+
+@functools.lru_cache(maxsize=8)
+def _lut(device):
+    return torch.tensor(uniform_mapping(), dtype=torch.long, device=device)
+
+
+@functools.lru_cache(maxsize=32)
+def _lbp_geometry(B, H, W, cell, device):
+    h, w = H // cell, W // cell
+    sy, ty = span_geometry(H, cell, h)
+    sx, tx = span_geometry(W, cell, w)
+    Sy, Sx = h + 2, w + 2
+    base = (sy[:, None] * Sx + sx[None, :]) * NUM_BINS
+    base = (base[None] + torch.arange(B).view(B, 1, 1) * (Sy * Sx * NUM_BINS)).reshape(-1)
+    c2 = 2 * cell
+    ay, by = (c2 - ty).double()[:, None], ty.double()[:, None]
+    ax, bx = (c2 - tx).double()[None, :], tx.double()[None, :]
+    bits = (4 * cell ** 4).bit_length()
+    shift = float(2 ** bits)
+    lanes = torch.stack([ay * ax + shift * (ay * bx), by * ax + shift * (by * bx)], -1)
+    lanes = lanes.expand(B, H - 2, W - 2, 2).reshape(-1, 2).contiguous()
+    return h, w, Sy, Sx, base.to(device), lanes.to(device), shift
+
+
+def lbp_histograms(g: torch.Tensor, cell_size: int = 16, use_complex: bool | None = None) -> torch.Tensor:
+    """Bilinearly binned uniform-LBP counts (B, 58, H//c, W//c), float64, before
+    the square-root normalisation.  ``g``: (B, H, W) grey."""
+    B, H, W = g.shape
+    if use_complex is None:
+        use_complex = g.device.type == "cpu"
+    h, w, Sy, Sx, base, lanes, shift = _lbp_geometry(B, H, W, cell_size, g.device)
+    c = g[:, 1:-1, 1:-1]
+    code = None
+    for k, (dy, dx) in enumerate(NEIGHBOURS):
+        bit = (g[:, 1 + dy:H - 1 + dy, 1 + dx:W - 1 + dx] - c).gt_(0)  # neighbour > centre
+        code = bit if code is None else code.add_(bit, alpha=float(1 << k))
+    idx = _lut(g.device).index_select(0, code.reshape(-1).long()).add_(base)
+    size = B * Sy * Sx * NUM_BINS
+    if use_complex:
+        acc = torch.zeros(size, dtype=torch.complex128, device=g.device)
+        acc = torch.view_as_real(acc.scatter_add_(0, idx, torch.view_as_complex(lanes)))
+    else:
+        acc = torch.stack([torch.zeros(size, dtype=torch.float64, device=g.device)
+                           .scatter_add_(0, idx, lanes[:, i]) for i in range(2)], -1)
+    acc = acc.view(B, Sy, Sx, NUM_BINS, 2)
+    hi = torch.floor(acc * (1.0 / shift))
+    lo = acc - hi * shift
+    # cell (y, x) <- TL of span (y+1, x+1), TR of (y+1, x), BL of (y, x+1), BR of (y, x)
+    hist = ((lo[:, 1:h + 1, 1:w + 1, :, 0] + hi[:, 1:h + 1, 0:w, :, 0])
+            + (lo[:, 0:h, 1:w + 1, :, 1] + hi[:, 0:h, 0:w, :, 1]))
+    return (hist * (1.0 / (4 * cell_size * cell_size))).permute(0, 3, 1, 2)
+
+
+class LBP(torch.nn.Module):
+    """VLFeat uniform LBP: (B, C, H, W) in [0, 255] -> (B, 58, H // c, W // c)."""
+
+    def __init__(self, cell_size: int = 16):
+        super().__init__()
+        if not isinstance(cell_size, int) or not 2 <= cell_size <= 63:
+            raise ValueError(f"lbp: cell_size must be an integer in [2, 63], got {cell_size!r}")
+        self.cell_size = cell_size
+        self.name = "lbp"
+        self.params = {"cell_size": cell_size, "mapping": "uniform"}
+
+    def output_shape(self, H: int, W: int) -> tuple[int, int, int]:
+        return (NUM_BINS, H // self.cell_size, W // self.cell_size)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = as_float_image(x, "lbp")
+        B, H, W = g.shape
+        c = self.cell_size
+        if H // c < 1 or W // c < 1:
+            raise ValueError(f"lbp: image {H}x{W} smaller than cell_size {c}")
+        outs = []
+        for s in chunks(B, H * W, g.device):
+            hist = lbp_histograms(g[s], c).to(g.dtype)
+            norm = hist.sum(1, keepdim=True).sqrt_().add_(1e-10)
+            outs.append(hist.sqrt_().div_(norm))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
+
+    def extra_repr(self) -> str:
+        return f"cell_size={self.cell_size}"
+
+
+@register("lbp")
+def lbp(cell_size: int = 16) -> LBP:
+    """VLFeat's uniform LBP (58-D, cell 16)."""
+    return LBP(cell_size=cell_size)
