@@ -246,3 +246,162 @@ def test_lbp_params_and_no_grad():
         get_feature("lbp", cell_size=64)
     with pytest.raises(ValueError, match="smaller than cell_size"):
         f(torch.zeros(1, 1, 15, 40))
+
+
+# ----------------------------------------------------------------------------
+# dense SIFT
+
+
+@needs_vlfeat
+@pytest.mark.parametrize("step,bin_size", [(8, 8), (4, 4), (3, 5), (1, 3)])
+def test_dsift_equals_vlfeat(step, bin_size, photos):
+    """Tolerance 1e-4 (measured ~3e-6): see DSIFT's docstring."""
+    f = get_feature("dsift", step=step, bin_size=bin_size)
+    cases = [crop(p, h, w, 9, 4) for p in photos.values() for h, w in [(64, 64), (67, 53)]]
+    cases += list(random_images(6))
+    for x in cases:
+        frames, ref = vlfeat.dsift(gray_np(x), step=step, bin_size=bin_size)
+        out = f(x)
+        _, ny, nx = f.output_shape(*x.shape[-2:])
+        assert out.shape == (1, 128, ny, nx) and ny * nx == len(frames)
+        # documented frame geometry: centres at 1.5 bin_size + step * index
+        centres = 1.5 * bin_size + step * np.stack(
+            np.meshgrid(np.arange(nx), np.arange(ny)), -1).reshape(-1, 2)
+        np.testing.assert_allclose(frames, centres)
+        err = np.abs(out[0].permute(1, 2, 0).reshape(-1, 128).numpy() - ref).max()
+        assert err < TOL, f"dsift step {step} bin {bin_size} {tuple(x.shape)}: {err}"
+
+
+def test_dsift_descriptors_are_normalised(photos):
+    out = get_feature("dsift")(crop(photos["coffee"], 120, 100))
+    n = out.norm(dim=1)
+    torch.testing.assert_close(n, torch.ones_like(n), rtol=0, atol=1e-4)
+    assert out.max() <= 0.5 and out.min() >= 0
+
+
+def test_dsift_gradcheck_and_flat_images():
+    f = get_feature("dsift", step=3, bin_size=3)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, 1, 16, 15, generator=g, dtype=torch.float64) * 255).requires_grad_()
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True)
+    f = get_feature("dsift", step=2, bin_size=2)
+    x = (torch.rand(1, 1, 9, 8, generator=g, dtype=torch.float64) * 255).requires_grad_()
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5, rtol=1e-3)
+    y = torch.full((1, 1, 20, 20), 5.0, requires_grad=True)
+    out = get_feature("dsift", step=4, bin_size=4)(y)
+    assert torch.count_nonzero(out) == 0
+    out.sum().backward()
+    assert torch.isfinite(y.grad).all()
+
+
+def test_dsift_params_and_errors():
+    f = get_feature("dsift")
+    assert f.params["step"] == 8 and f.params["bin_size"] == 8
+    assert f.output_shape(256, 256) == (128, 29, 29)
+    with pytest.raises(ValueError, match="step"):
+        get_feature("dsift", step=0)
+    with pytest.raises(ValueError, match="smaller than a descriptor"):
+        f(torch.zeros(1, 1, 24, 40))
+
+
+# ----------------------------------------------------------------------------
+# sparse SIFT on the grid
+
+from pipeline.features.sift import SIFT_CHANNELS, arrange_on_grid  # noqa: E402
+
+
+def decode_grid(grid: np.ndarray, cell: int = 4):
+    """Occupied cells of a (133, h, w) grid -> frames (x, y, sigma, angle), descriptors."""
+    cy, cx = np.nonzero(np.abs(grid).sum(0))
+    v = grid[:, cy, cx]
+    frames = np.stack([cx * cell + v[128], cy * cell + v[129], np.exp(v[132]),
+                       np.arctan2(v[130], v[131])], 1)
+    return frames, v[:128].T
+
+
+@needs_vlfeat
+def test_sift_vlfeat_backend_keeps_vlfeat_frames(photos):
+    """>= 95% of vl_sift's own frames (called directly) are on the grid,
+    within 0.5 px and 5% scale."""
+    f = get_feature("sift")
+    assert f.params["backend"] == "vlfeat" and f.params["first_octave"] == 0
+    x = torch.cat([crop(p, 256, 256).expand(1, 3, 256, 256) for p in photos.values()], 0)
+    out = f(x).numpy()
+    assert out.shape == (4, SIFT_CHANNELS, 64, 64)
+    for i in range(4):
+        frames, descr = vlfeat.sift(gray_np(x[i:i + 1]))
+        assert 100 < len(frames) < 400
+        got, got_descr = decode_grid(out[i])
+        hit = 0
+        for fx, fy, fs, fa in frames:
+            d = np.hypot(got[:, 0] - fx, got[:, 1] - fy)
+            hit += np.any((d < 0.5) & (np.abs(got[:, 2] / fs - 1) < 0.05))
+        assert hit / len(frames) >= 0.95, (i, hit, len(frames))
+        # every grid entry is one of VLFeat's frames, with its descriptor
+        for (gx, gy, gs, ga), gd in zip(got, got_descr):
+            j = np.argmin(np.hypot(frames[:, 0] - gx, frames[:, 1] - gy)
+                          + np.abs(frames[:, 2] - gs) + np.abs(np.angle(np.exp(1j * (frames[:, 3] - ga)))))
+            np.testing.assert_allclose([gx, gy, gs], frames[j, :3], rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(gd, descr[j], atol=1e-6)
+
+
+def test_sift_grid_layout():
+    """Cell, offsets, sin/cos, log scale and the seeded choice among frames in one cell."""
+    frames = np.array([
+        [5.5, 9.25, 2.0, 0.3],  # cell (2, 1), offsets (1.5, 1.25)
+        [17.0, 2.0, 3.5, -1.0],  # cell (0, 4)
+        [18.9, 3.9, 1.2, 2.0],  # also cell (0, 4): the seeded choice
+        [21.99, 13.0, 1.7, 3.0],  # cell (3, 5), last column of a 23-pixel-wide image
+    ])
+    descr = np.arange(4 * 128, dtype=np.float32).reshape(4, 128) / 512
+    grid = arrange_on_grid(frames, descr, H=14, W=23, cell=4, rng=np.random.default_rng(0))
+    assert grid.shape == (SIFT_CHANNELS, 4, 6)  # ceil(14/4), ceil(23/4)
+    occupied = {tuple(c) for c in np.argwhere(np.abs(grid).sum(0) > 0)}
+    assert occupied == {(2, 1), (0, 4), (3, 5)}
+    np.testing.assert_allclose(grid[:, 2, 1], np.r_[descr[0], 1.5, 1.25, math.sin(0.3), math.cos(0.3),
+                                                     math.log(2.0)], rtol=1e-6)
+    np.testing.assert_allclose(grid[128:, 3, 5], [1.99, 1.0, math.sin(3.0), math.cos(3.0), math.log(1.7)],
+                               rtol=1e-5)
+    # the shared cell holds exactly one of the two frames, chosen by the seed
+    chosen = []
+    for seed in range(40):
+        g = arrange_on_grid(frames, descr, 14, 23, 4, np.random.default_rng(seed))
+        k = 1 if np.allclose(g[:128, 0, 4], descr[1]) else 2
+        np.testing.assert_allclose(g[128:130, 0, 4], np.mod(frames[k, :2], 4), rtol=1e-6)
+        np.testing.assert_array_equal(
+            g, arrange_on_grid(frames, descr, 14, 23, 4, np.random.default_rng(seed)))
+        chosen.append(k)
+    assert set(chosen) == {1, 2}  # both get chosen across seeds
+    assert 10 < chosen.count(1) < 30
+    assert not arrange_on_grid(frames[:0], descr[:0], 14, 23).any()
+
+
+def test_sift_module_shapes_and_batch_independence(photos):
+    backend = "vlfeat" if vlfeat.available() else "opencv"
+    f = get_feature("sift", backend=backend)
+    x = crop(photos["astronaut"], 70, 61, 180, 200)
+    assert f.output_shape(70, 61) == (133, 18, 16)
+    a = f(x)
+    b = f(torch.cat([crop(photos["coffee"], 70, 61), x], 0))
+    assert a.shape == (1, 133, 18, 16) and a.dtype == torch.float32
+    assert torch.equal(a[0], b[1]) and a.abs().sum() > 0
+    with pytest.raises(ValueError, match="backend"):
+        get_feature("sift", backend="sift++")
+
+
+@needs_vlfeat
+def test_sift_opencv_fallback_backend(photos):
+    """The fallback finds keypoints with VLFeat's angle convention."""
+    x = crop(photos["camera"], 256, 256)
+    f = get_feature("sift", backend="opencv")
+    assert f.params["backend"] == "opencv"
+    got, descr = decode_grid(f(x)[0].numpy())
+    assert len(got) > 50 and np.all(descr >= 0) and np.all(descr <= 0.5)
+    frames, _ = vlfeat.sift(gray_np(x))
+    da = []
+    for fx, fy, fs, fa in frames:
+        d = np.hypot(got[:, 0] - fx, got[:, 1] - fy)
+        j = np.argmin(d)
+        if d[j] < 1 and abs(got[j, 2] / fs - 1) < 0.2:
+            da.append(abs(np.angle(np.exp(1j * (got[j, 3] - fa)))))
+    assert len(da) >= 10 and np.median(da) < 0.2
