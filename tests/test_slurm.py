@@ -2,19 +2,21 @@
 
 The slow test starts a single-node Slurm on localhost from Debian's packages
 (tests/slurm/local-slurm.sh: munged, slurmctld and slurmd as root, no cgroups,
-a filetxt job-completion log), runs the data and feature stages of
-config/test.yaml through ``--workflow-profile`` pointing at a copy of
-profiles/slurm with its placeholders filled in, and checks that
+a ``cpu`` and a ``gpu`` partition, two stand-in GPUs, a filetxt job-completion
+log), runs the data and feature stages of config/test.yaml through
+``--workflow-profile`` pointing at a copy of profiles/slurm with its
+placeholders filled in, and checks that
 
 * every Snakemake job went through Slurm: the job-completion log has one
-  COMPLETED record per job, in the profile's partition and account, with the
-  per-rule time limits of the profile, and the Slurm ids Snakemake reported are
-  exactly those records;
+  COMPLETED record per job, and they are the Slurm jobs Snakemake reported;
+* each job got what the profile says for its rule (``scontrol show job``, which
+  keeps finished jobs for MinJobAge): partition, account, time limit, memory,
+  and for the GPU rule one GPU with its CPUs per GPU;
 * the per-shard jobs ran as Slurm array jobs;
-* the outputs equal those of a local run (shards byte for byte, feature arrays
-  exactly).
+* the outputs equal those of a local run (files byte for byte, HDF5 feature
+  stores by keys, attributes and arrays).
 
-The fast test checks the profile itself with a dry run (no Slurm needed).
+The fast test checks the profile with a dry run (no Slurm needed).
 The packages come from .ci/slurm-deps; without them the slow test is skipped.
 """
 from __future__ import annotations
@@ -61,10 +63,8 @@ LOCAL_CLUSTER_SETTINGS = {
     # Jobs take seconds, not hours: look at them sooner.
     "slurm-init-seconds-before-status-checks": 2,
     "seconds-between-status-checks": 2,
-    # The per-rule Slurm logs are how the test maps Slurm jobs to rules.
-    "slurm-keep-successful-logs": True,
 }
-SLURM_RUN_TIMEOUT = 900  # seconds; the run takes about 1.5 min on 2 cores
+SLURM_RUN_TIMEOUT = 900  # seconds; the run takes about 2 min on 2 cores
 
 
 # --------------------------------------------------------------------- helpers
@@ -98,17 +98,23 @@ def derive_profile(dest: Path) -> dict:
     profile = fill_placeholders(original)
     assert "CHANGE_ME" not in json.dumps(profile), "a placeholder the test does not know"
     assert profile.keys() == original.keys()
+    assert not set(LOCAL_CLUSTER_SETTINGS) & set(original)
     profile.update(LOCAL_CLUSTER_SETTINGS)
     dest.mkdir(parents=True)
     (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     return profile
 
 
-def minutes(value, attempt: int = 1) -> int:
-    """A profile runtime/mem value ('60 * attempt', 15, '24h' not needed here) at an attempt."""
+def at_attempt(value, attempt: int = 1) -> int:
+    """A profile value (15, or an expression like '60 * attempt') at an attempt."""
     if isinstance(value, int):
         return value
     return int(eval(value, {"__builtins__": {}}, {"attempt": attempt}))
+
+
+def rule_resources(profile: dict, rule: str) -> dict:
+    """default-resources overlaid by the rule's set-resources (as the profile states them)."""
+    return {**profile["default-resources"], **profile["set-resources"].get(rule, {})}
 
 
 def job_total(dry_run_stdout: str) -> int:
@@ -117,25 +123,31 @@ def job_total(dry_run_stdout: str) -> int:
     return int(m.group(1))
 
 
+def key_values(line: str) -> dict[str, str]:
+    return dict(re.findall(r"(\S+?)=(\S*)", line))
+
+
 def jobcomp_records(path: Path) -> list[dict[str, str]]:
-    """The filetxt job-completion log: one 'Key=Value Key=Value ...' line per job."""
+    """The filetxt job-completion log: one 'Key=Value Key=Value ...' line per finished job."""
     if not path.exists():
         return []
-    records = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            records.append(dict(f.split("=", 1) for f in line.split() if "=" in f))
-    return records
+    return [key_values(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def tres_mem_mb(tres: str) -> float:
-    m = re.search(r"(?:^|,)mem=([\d.]+)([KMGT])", tres)
-    assert m, tres
-    return float(m.group(1)) * {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}[m.group(2)]
+def scontrol_jobs(env) -> list[dict[str, str]]:
+    out = subprocess.run(["scontrol", "show", "job", "-o"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [key_values(line) for line in out.stdout.splitlines() if line.startswith("JobId=")]
 
 
-def time_limit_minutes(limit: str) -> int:
-    """A time limit as the job-completion log writes it: minutes, or [D-]HH:MM:SS."""
+def megabytes(value: str) -> float:
+    m = re.fullmatch(r"([\d.]+)([KMGT]?)", value)
+    assert m, value
+    return float(m.group(1)) * {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024**2}[m.group(2)]
+
+
+def minutes(limit: str) -> int:
+    """A Slurm time limit: [D-]HH:MM:SS, or plain minutes."""
     if limit.isdigit():
         return int(limit)
     days, _, hms = limit.rpartition("-")
@@ -143,20 +155,11 @@ def time_limit_minutes(limit: str) -> int:
     return (int(days) if days else 0) * 1440 + h * 60 + m + (s > 0)
 
 
-def slurm_jobs_by_rule(slurm_logdir: Path):
-    """From the kept Slurm logs: rule -> regular job ids, and rule -> {(array id, task)}.
-
-    The executor writes .snakemake/slurm_logs/rule_<rule>/<wildcards>/<jobid>.log
-    for a job and rule_<rule>/<arrayid>_<task>.log for an array task.
-    """
-    regular, arrays = {}, {}
-    for log in slurm_logdir.rglob("*.log"):
-        rule = next(p for p in log.relative_to(slurm_logdir).parts if p.startswith("rule_"))[len("rule_"):]
-        if m := re.fullmatch(r"(\d+)_(\d+)\.log", log.name):
-            arrays.setdefault(rule, set()).add((m.group(1), m.group(2)))
-        elif m := re.fullmatch(r"(\d+)\.log", log.name):
-            regular.setdefault(rule, set()).add(m.group(1))
-    return regular, arrays
+def rule_of(job: dict[str, str]) -> str:
+    """The executor's job comment is rule_<rule>[_wildcards_<...>]."""
+    comment = job["Comment"]
+    assert comment.startswith("rule_"), job
+    return comment[len("rule_"):].split("_wildcards_")[0]
 
 
 def assert_same_outputs(local: Path, on_slurm: Path) -> int:
@@ -183,22 +186,32 @@ def assert_same_outputs(local: Path, on_slurm: Path) -> int:
 def test_profile_dry_run_resources_and_gpu_settings(tmp_path):
     profile = load_profile()
     assert profile["executor"] == "slurm"
-    # placeholders are there to be replaced, and documented at the top
+    # placeholders: documented at the top, used as values
     text = PROFILE.read_text()
     for placeholder in PLACEHOLDERS:
-        assert placeholder in text and text.count(placeholder) >= 2, placeholder
-    # the GPU rule: its partition, one GPU, CPUs per GPU; no default cpus_per_task,
+        assert text.count(placeholder) >= 2, placeholder
+    # GPU rules: their partition, one GPU, CPUs per GPU; and no cpus_per_task,
     # which the executor would use instead of cpus_per_gpu
-    train = profile["set-resources"]["train_decoder"]
-    assert train["slurm_partition"] == "CHANGE_ME_gpu_partition"
-    assert train["gpu"] == 1 and isinstance(train["cpus_per_gpu"], int) and train["cpus_per_gpu"] >= 1
     assert "cpus_per_task" not in profile["default-resources"]
-    assert "cpus_per_task" not in train
-    # the per-shard rules are batched as array jobs
-    array_rules = {r.strip() for r in profile["slurm-array-jobs"].split(",")}
-    assert array_rules == {"make_shard", "extract_features"}
+    for rule in ("train_decoder", "train_autoencoder", "invert_mv", "extract_features", "reconstruct"):
+        res = profile["set-resources"][rule]
+        assert res["slurm_partition"] == "CHANGE_ME_gpu_partition", rule
+        assert res["gpu"] == 1 and isinstance(res["cpus_per_gpu"], int) and res["cpus_per_gpu"] >= 1, rule
+        assert "cpus_per_task" not in res, rule
+    for rule, threads in profile["set-threads"].items():
+        assert threads == profile["set-resources"][rule]["cpus_per_gpu"], rule
+    # array batches are never cut short by Snakemake's own limits (plugin issue #473)
+    assert profile["jobs"] >= 100_000
+    assert int(profile["max-jobs-per-timespan"].split("/")[0]) >= 100_000
 
-    # the dry run resolves the profile's resources per rule (attempt 1)
+    # every rule the profile names exists; the dry run resolves the resources
+    rules = set(
+        snakemake(tmp_path, "--list-rules", "--configfile", str(TEST_CONFIG)).stdout.split()
+    )  # fmt: skip
+    array_rules = {r.strip() for r in profile["slurm-array-jobs"].split(",")}
+    assert {"make_shard", "extract_features"} <= array_rules <= rules
+    assert set(profile["set-resources"]) <= rules
+    assert set(profile["set-threads"]) <= rules
     proc = snakemake(
         tmp_path, "-n", "--workflow-profile", str(PROFILE.parent),
         "data/features/hog/train/00000.h5", "data/shards/32px/val/manifest.json", "--configfile", str(TEST_CONFIG),
@@ -211,12 +224,12 @@ def test_profile_dry_run_resources_and_gpu_settings(tmp_path):
         seen[rule] = dict(kv.split("=", 1) for kv in res.split(", "))
     assert set(seen) == {"list_images", "make_shard", "shard_manifest", "extract_features"}
     for rule, res in seen.items():
+        want = rule_resources(profile, rule)
         assert res["slurm_account"] == "CHANGE_ME_account", rule
-        assert res["slurm_partition"] == "CHANGE_ME_cpu_partition", rule
-        want = profile["set-resources"][rule]
-        assert int(res["runtime"]) == minutes(want["runtime"]), rule
-        assert int(res["mem_mb"]) == minutes(want["mem_mb"]), rule
-    assert int(seen["extract_features"]["mem_mb"]) == 8000
+        assert res["slurm_partition"] == want["slurm_partition"], rule
+        assert int(res["runtime"]) == at_attempt(want["runtime"]), rule
+        assert int(res["mem_mb"]) == at_attempt(want["mem_mb"]), rule
+    assert seen["extract_features"]["gpu"] == "1" and "gpu" not in seen["make_shard"]
 
 
 # ------------------------------------------------------------------- slow test
@@ -240,10 +253,15 @@ def local_slurm(tmp_path_factory):
     base = tmp_path_factory.mktemp("slurm")
     if len(str(base / "munge" / "munge.sock")) > 100:  # unix socket paths are short
         base = Path(tempfile.mkdtemp(prefix="slurm-"))
+    # the node has as many CPUs as the largest GPU job asks for (at least the machine's)
+    profile = load_profile()
+    cpus = max([os.cpu_count() or 1] + [r.get("cpus_per_gpu", 1) for r in profile["set-resources"].values()])
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")},
         "LOCAL_SLURM_CPU_PARTITION": CPU_PARTITION,
         "LOCAL_SLURM_GPU_PARTITION": GPU_PARTITION,
+        "LOCAL_SLURM_CPUS": str(cpus),
+        "LOCAL_SLURM_GPUS": "2",
         "LOCAL_SLURM_MIN_JOB_AGE": "3600",
         "LOCAL_SLURM_START_TIMEOUT": "60",
     }
@@ -285,7 +303,8 @@ def test_data_and_feature_stages_through_slurm_equal_a_local_run(local_slurm, tm
     shards = {split: [f"{i:05d}" for i in range(n)] for split, n in n_shards.items()}
     assert len(shards["train"]) >= 2  # so that make_shard has an array to make
     n_all = sum(n_shards.values())  # shards over both splits
-    targets = [f"data/shards/32px/{split}/manifest.json" for split in shards]
+    size = yaml.safe_load(TEST_CONFIG.read_text())["representations"][reps[0]]["image_size"]
+    targets = [f"data/shards/{size}px/{split}/manifest.json" for split in shards]
     targets += [f"data/features/{rep}/{split}/{s}.h5" for rep in reps for split in shards for s in shards[split]]
     common = [*targets, "--configfile", str(TEST_CONFIG)]  # --configfile takes several values: last
 
@@ -303,61 +322,70 @@ def test_data_and_feature_stages_through_slurm_equal_a_local_run(local_slurm, tm
         on_slurm, "--workflow-profile", str(tmp_path / "profile"), *common,
         env=local_slurm.env(), timeout=SLURM_RUN_TIMEOUT,
     )  # fmt: skip
+    elapsed = time.time() - started
     log = proc.stdout + proc.stderr
     assert f"{n_jobs} of {n_jobs} steps (100%) done" in log
 
-    # What Snakemake says it submitted: regular jobs and array tasks.
-    regular_ids = set(re.findall(r"has been submitted with SLURM jobid (\d+)", log))
-    array_tasks = set()
+    # What Snakemake says it submitted: plain jobs and array tasks.
+    reported = set(re.findall(r"has been submitted with SLURM jobid (\d+)", log))
     for array_id, first, last in re.findall(
         r"Submitted array job with Snakemake IDs [\d,]+ and SLURM job ID (\d+)\. The individual task IDs are (\d+)-(\d+)",
         log,
     ):
-        array_tasks |= {(array_id, str(t)) for t in range(int(first), int(last) + 1)}
-    assert len(regular_ids) + len(array_tasks) == n_jobs
+        reported |= {f"{array_id}_{t}" for t in range(int(first), int(last) + 1)}
+    assert len(reported) == n_jobs
+
+    def slurm_id(job):  # Snakemake's name for a Slurm job: <id>, or <array id>_<task> for array tasks
+        return f"{job['ArrayJobId']}_{job['ArrayTaskId']}" if job.get("ArrayJobId") else job["JobId"]
 
     # What Slurm ran: the job-completion log (written as each job ends; bounded wait).
     deadline = time.time() + 60
     while True:
-        records = [r for r in jobcomp_records(local_slurm.jobcomp) if r.get("WorkDir") == str(on_slurm)]
-        if len(records) >= n_jobs or time.time() > deadline:
+        done = [r for r in jobcomp_records(local_slurm.jobcomp) if r.get("WorkDir") == str(on_slurm)]
+        if len(done) >= n_jobs or time.time() > deadline:
             break
         time.sleep(1)
-    assert len(records) == n_jobs, f"{len(records)} Slurm records for {n_jobs} jobs:\n{records}"
-    for r in records:
+    assert len(done) == n_jobs, f"{len(done)} Slurm job records for {n_jobs} Snakemake jobs:\n{done}"
+    for r in done:
         assert r["JobState"] == "COMPLETED" and r["ExitCode"] == "0:0", r
-        assert r["Partition"] == CPU_PARTITION and r["Account"] == ACCOUNT, r
-    assert len({r["Name"] for r in records}) == 1  # the run's id, the executor's job name
-    slurm_regular = {r["JobId"] for r in records if not r.get("ArrayJobId")}
-    slurm_array = {(r["ArrayJobId"], r["ArrayTaskId"]) for r in records if r.get("ArrayJobId")}
-    assert slurm_regular == regular_ids
-    assert slurm_array == array_tasks
+        assert r["Account"] == ACCOUNT, r
+    assert len({r["Name"] for r in done}) == 1  # the executor names every job by the run's id
+    assert {slurm_id(r) for r in done} == reported
 
-    # Per rule (from the kept Slurm logs): the per-shard rules ran as array jobs,
-    # and every job got the profile's time limit and memory for its rule.
-    regular_by_rule, arrays_by_rule = slurm_jobs_by_rule(on_slurm / ".snakemake" / "slurm_logs")
-    assert len(arrays_by_rule.get("make_shard", ())) >= 2  # both train shards, one array
-    if len(reps) >= 2:  # each shard's representations become ready together
-        assert len(arrays_by_rule.get("extract_features", ())) >= 2
-    by_regular = {r["JobId"]: r for r in records if not r.get("ArrayJobId")}
-    by_task = {(r["ArrayJobId"], r["ArrayTaskId"]): r for r in records if r.get("ArrayJobId")}
-    resources = profile["set-resources"]
-    checked = 0
-    for rule in set(regular_by_rule) | set(arrays_by_rule):
-        want_runtime, want_mem = minutes(resources[rule]["runtime"]), minutes(resources[rule]["mem_mb"])
-        for job_id in regular_by_rule.get(rule, ()):
-            r = by_regular[job_id]
-            assert time_limit_minutes(r["TimeLimit"]) == want_runtime, (rule, r)
-            assert tres_mem_mb(r["Tres"]) == want_mem, (rule, r)
-            checked += 1
-        for task in arrays_by_rule.get(rule, ()):
-            r = by_task[task]
-            assert time_limit_minutes(r["TimeLimit"]) == want_runtime, (rule, r)
-            assert tres_mem_mb(r["Tres"]) >= want_mem, (rule, r)  # + the executor's payload allowance
-            checked += 1
-    assert checked == n_jobs
+    # What each job asked for: the profile's resources for its rule.
+    jobs = [j for j in scontrol_jobs(local_slurm.env()) if j.get("WorkDir") == str(on_slurm)]
+    assert {slurm_id(j) for j in jobs} == reported
+    by_rule: dict[str, list[dict]] = {}
+    for j in jobs:
+        by_rule.setdefault(rule_of(j), []).append(j)
+    assert {r: len(js) for r, js in by_rule.items()} == {
+        "list_images": 2, "make_shard": n_all, "shard_manifest": 2, "extract_features": n_all * len(reps),
+    }  # fmt: skip
+    for rule, rule_jobs in by_rule.items():
+        want = rule_resources(profile, rule)
+        for j in rule_jobs:
+            assert j["Partition"] == want["slurm_partition"] and j["Account"] == ACCOUNT, (rule, j)
+            assert minutes(j["TimeLimit"]) == at_attempt(want["runtime"]), (rule, j)
+            mem = megabytes(j["MinMemoryNode"])
+            if j.get("ArrayJobId"):  # + a small allowance for the array's encoded commands
+                assert at_attempt(want["mem_mb"]) <= mem <= at_attempt(want["mem_mb"]) + 64, (rule, j)
+            else:
+                assert mem == at_attempt(want["mem_mb"]), (rule, j)
+            if want.get("gpu"):
+                assert j.get("TresPerJob") == f"gres:gpu:{want['gpu']}", (rule, j)
+                assert j.get("CpusPerTres") == f"gres:gpu:{want['cpus_per_gpu']}", (rule, j)
+            else:
+                assert "gpu" not in j.get("TresPerJob", ""), (rule, j)
+                assert j["NumCPUs"] == "1", (rule, j)  # threads: 1
+    assert by_rule["extract_features"][0]["Partition"] == GPU_PARTITION
+    assert by_rule["make_shard"][0]["Partition"] == CPU_PARTITION
 
-    # Same results as the local run.
-    # index (2), shard tar + json, manifests (2), stores
+    # The per-shard rules ran as array jobs: both train shards become ready
+    # together, and so do each shard's representations.
+    assert sum(1 for j in by_rule["make_shard"] if j.get("ArrayJobId")) >= len(shards["train"])
+    if len(reps) >= 2:
+        assert sum(1 for j in by_rule["extract_features"] if j.get("ArrayJobId")) >= len(reps)
+
+    # Same results as the local run: index (2), shard tars and jsons, manifests (2), stores.
     assert assert_same_outputs(local, on_slurm) == 2 + 2 * n_all + 2 + n_all * len(reps)
-    print(f"{n_jobs} jobs through Slurm in {time.time() - started:.0f} s; arrays: {sorted(arrays_by_rule)}")
+    print(f"{n_jobs} Snakemake jobs through Slurm in {elapsed:.0f} s")

@@ -79,22 +79,34 @@ start() {
         exit 1
     fi
     HOST="$(hostname -s)"
-    local cpus mem ctld_port slurmd_port timeout deadline
-    cpus="$(nproc)"
+    local cpus mem gpus ctld_port slurmd_port timeout deadline
+    cpus="${LOCAL_SLURM_CPUS:-$(nproc)}"
+    gpus="${LOCAL_SLURM_GPUS:-2}"
     mem="${LOCAL_SLURM_MEMORY_MB:-65536}"
     timeout="${LOCAL_SLURM_START_TIMEOUT:-60}"
     ctld_port="$(free_port)"
     slurmd_port="$(free_port)"
     while [ "$slurmd_port" = "$ctld_port" ]; do slurmd_port="$(free_port)"; done
 
-    rm -rf "$DIR/etc" "$DIR/state" "$DIR/spool" "$DIR/run" "$DIR/log" "$DIR/munge"
+    rm -rf "$DIR/etc" "$DIR/dev" "$DIR/state" "$DIR/spool" "$DIR/run" "$DIR/log" "$DIR/munge"
     mkdir -p "$DIR/etc" "$DIR/state" "$DIR/spool" "$DIR/run" "$DIR/log" "$DIR/munge"
     chmod 700 "$DIR/munge"
     : >"$DIR/etc/plugstack.conf"
+    # Stand-in GPUs, so that jobs asking for GPUs (sbatch --gpus) get scheduled:
+    # no autodetection, and as device files copies of /dev/null (character
+    # device 1,3; plain files where mknod is not allowed, which slurmd accepts
+    # with a complaint in its log). Nothing runs on them.
+    mkdir -p "$DIR/dev"
+    local i
+    echo "AutoDetect=off" >"$DIR/etc/gres.conf"
+    for i in $(seq 0 $((gpus - 1))); do
+        mknod "$DIR/dev/fakegpu$i" c 1 3 2>/dev/null || : >"$DIR/dev/fakegpu$i"
+        echo "NodeName=$HOST Name=gpu File=$DIR/dev/fakegpu$i" >>"$DIR/etc/gres.conf"
+    done
 
     sed -e "s|@HOST@|$HOST|g" -e "s|@DIR@|$DIR|g" \
         -e "s|@CTLD_PORT@|$ctld_port|g" -e "s|@SLURMD_PORT@|$slurmd_port|g" \
-        -e "s|@CPUS@|$cpus|g" -e "s|@MEMORY_MB@|$mem|g" \
+        -e "s|@CPUS@|$cpus|g" -e "s|@MEMORY_MB@|$mem|g" -e "s|@GPUS@|$gpus|g" \
         -e "s|@MIN_JOB_AGE@|${LOCAL_SLURM_MIN_JOB_AGE:-3600}|g" \
         -e "s|@CPU_PARTITION@|${LOCAL_SLURM_CPU_PARTITION:-cpu}|g" \
         -e "s|@GPU_PARTITION@|${LOCAL_SLURM_GPU_PARTITION:-gpu}|g" \
