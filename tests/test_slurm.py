@@ -307,19 +307,21 @@ def test_data_and_feature_stages_through_slurm_equal_a_local_run(local_slurm, tm
     targets = [f"data/shards/{size}px/{split}/manifest.json" for split in shards]
     targets += [f"data/features/{rep}/{split}/{s}.h5" for rep in reps for split in shards for s in shards[split]]
     common = [*targets, "--configfile", str(TEST_CONFIG)]  # --configfile takes several values: last
+    # on Slurm also one decoder: the GPU rule (a few steps on the CPU; not compared)
+    train = f"results/models/{reps[0]}/decoder.pt"
 
-    # the reference: the same targets run locally
+    # the reference: the data and feature targets run locally
     local = tmp_path / "local"
     snakemake(local, "--cores", "2", *common)
 
     # through Slurm, with the derived profile
     profile = derive_profile(tmp_path / "profile")
     on_slurm = tmp_path / "on_slurm"
-    n_jobs = job_total(snakemake(on_slurm, "-n", "--cores", "1", *common).stdout)
-    assert n_jobs == 2 + n_all + 2 + n_all * len(reps)  # list_images, make_shard, manifest, extract
+    n_jobs = job_total(snakemake(on_slurm, "-n", "--cores", "1", train, *common).stdout)
+    assert n_jobs == 2 + n_all + 2 + n_all * len(reps) + 1  # list_images, make_shard, manifest, extract, train
     started = time.time()
     proc = snakemake(
-        on_slurm, "--workflow-profile", str(tmp_path / "profile"), *common,
+        on_slurm, "--workflow-profile", str(tmp_path / "profile"), train, *common,
         env=local_slurm.env(), timeout=SLURM_RUN_TIMEOUT,
     )  # fmt: skip
     elapsed = time.time() - started
@@ -360,6 +362,7 @@ def test_data_and_feature_stages_through_slurm_equal_a_local_run(local_slurm, tm
         by_rule.setdefault(rule_of(j), []).append(j)
     assert {r: len(js) for r, js in by_rule.items()} == {
         "list_images": 2, "make_shard": n_all, "shard_manifest": 2, "extract_features": n_all * len(reps),
+        "train_decoder": 1,
     }  # fmt: skip
     for rule, rule_jobs in by_rule.items():
         want = rule_resources(profile, rule)
@@ -374,11 +377,17 @@ def test_data_and_feature_stages_through_slurm_equal_a_local_run(local_slurm, tm
             if want.get("gpu"):
                 assert j.get("TresPerJob") == f"gres:gpu:{want['gpu']}", (rule, j)
                 assert j.get("CpusPerTres") == f"gres:gpu:{want['cpus_per_gpu']}", (rule, j)
+                assert int(j["NumCPUs"]) == want["gpu"] * want["cpus_per_gpu"], (rule, j)
             else:
                 assert "gpu" not in j.get("TresPerJob", ""), (rule, j)
                 assert j["NumCPUs"] == "1", (rule, j)  # threads: 1
     assert by_rule["extract_features"][0]["Partition"] == GPU_PARTITION
+    assert by_rule["train_decoder"][0]["Partition"] == GPU_PARTITION
     assert by_rule["make_shard"][0]["Partition"] == CPU_PARTITION
+    assert (on_slurm / train).stat().st_size > 0
+    # the training command uses the CPUs it got (set-threads = cpus_per_gpu)
+    threads = profile["set-threads"]["train_decoder"]
+    assert re.search(rf"python -m pipeline train .* --threads {threads} ", log), "train_decoder threads"
 
     # The per-shard rules ran as array jobs: both train shards become ready
     # together, and so do each shard's representations.
