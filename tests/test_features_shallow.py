@@ -218,6 +218,21 @@ def test_lbp_batch_and_scatter_paths(photos):
     assert torch.equal(lbp_histograms(g, 16, use_complex=True), lbp_histograms(g, 16, use_complex=False))
 
 
+def test_lbp_codes_match_the_definition():
+    """The ternary-sign shortcut gives the bin of the 8 strict comparisons,
+    ties included (values in 0..3: many equal neighbours)."""
+    from pipeline.features.lbp import NEIGHBOURS, lbp_codes, uniform_mapping
+    g = torch.randint(0, 4, (2, 23, 31), generator=torch.Generator().manual_seed(0)).float()
+    H, W = g.shape[1:]
+    c = g[:, 1:-1, 1:-1]
+    code = sum((g[:, 1 + dy:H - 1 + dy, 1 + dx:W - 1 + dx] > c).long() << k
+               for k, (dy, dx) in enumerate(NEIGHBOURS))
+    assert torch.equal(lbp_codes(g), torch.tensor(uniform_mapping())[code])
+    m = uniform_mapping()
+    assert m[0] == m[255] == 56 and m[0b00000001] == 0 and m[0b00001110] == 9
+    assert m[0b10000001] == 7 * 7 + 2 - 1 and m[0b00000101] == 57 and len(set(m)) == 58
+
+
 def test_lbp_cells_have_unit_norm(photos):
     f = get_feature("lbp")
     for x in [crop(p, 100, 90) for p in photos.values()] + list(random_images(5)):

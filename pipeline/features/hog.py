@@ -69,12 +69,21 @@ CPU_CHUNK_PIXELS = 1 << 19
 # helpers shared with lbp.py
 
 
-def as_float_image(x: torch.Tensor, what: str) -> torch.Tensor:
-    """Check a (B, C, H, W) input and return it as float32/float64 grey (B, H, W)."""
+def check_input(x: torch.Tensor, what: str) -> tuple[int, int, int]:
+    """Validate a (B, C, H, W) input with C = 1 or 3; return (B, H, W)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"{what}: expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+    if x.shape[1] not in (1, 3):
+        raise ValueError(f"{what}: expected 1 or 3 channels, got {x.shape[1]}")
+    return x.shape[0], x.shape[2], x.shape[3]
+
+
+def as_float_image(x: torch.Tensor, what: str) -> torch.Tensor:
+    """Check a (B, C, H, W) input and return it as float32/float64 grey (B, H, W)
+    (:func:`pipeline.features.to_gray`)."""
+    check_input(x, what)
     if x.dtype != torch.float64:
         x = x.float()
     return to_gray(x)[:, 0]
@@ -339,8 +348,7 @@ class HOG(torch.nn.Module):
         return (3 * self.num_orientations + 4, (H + c // 2) // c, (W + c // 2) // c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = as_float_image(x, self.name)
-        B, H, W = g.shape
+        B, H, W = check_input(x, self.name)
         c = self.cell_size
         if H <= 3 or W <= 3 or (H + c // 2) // c < 1 or (W + c // 2) // c < 1:
             raise ValueError(f"{self.name}: image {H}x{W} too small for cell_size {c}")
@@ -348,9 +356,10 @@ class HOG(torch.nn.Module):
         h, w = (H + c // 2) // c, (W + c // 2) // c
         # flat float indices must stay exact: < 2^24 in float32
         per_image = (h + 2) * (w + 2) * (2 * O + 3)
-        limit = max(1, (1 << 24) // per_image) if g.dtype == torch.float32 else None
-        outs = [hog_normalize(hog_histograms(g[s], c, O, self.bilinear))
-                for s in chunks(B, H * W, g.device, limit)]
+        limit = max(1, (1 << 24) // per_image) if x.dtype != torch.float64 else None
+        # grey conversion per chunk too: temporaries stay in cache
+        outs = [hog_normalize(hog_histograms(as_float_image(x[s], self.name), c, O, self.bilinear))
+                for s in chunks(B, H * W, x.device, limit)]
         return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
 
     def extra_repr(self) -> str:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from pipeline import vlfeat
 from pipeline.features import register
-from pipeline.features.hog import _Magnitude, as_float_image
+from pipeline.features.hog import _Magnitude, as_float_image, check_input, chunks
 
 VL_EPSILON_F = 1.19209290e-07
 TWO_PI_F = float(np.float32(2 * math.pi))
@@ -134,12 +134,16 @@ class DSIFT(torch.nn.Module):
         return (128, ny, nx)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = as_float_image(x, "dsift")
-        B, H, W = g.shape
+        B, H, W = check_input(x, "dsift")
         _, ny, nx = self.output_shape(H, W)
         if ny < 1 or nx < 1 or H < 2 or W < 2:
             raise ValueError(f"dsift: image {H}x{W} smaller than a descriptor "
                              f"(3 * bin_size + 1 = {3 * self.bin_size + 1} pixels)")
+        outs = [self._forward(as_float_image(x[s], "dsift"), ny, nx) for s in chunks(B, H * W, x.device)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
+
+    def _forward(self, g: torch.Tensor, ny: int, nx: int) -> torch.Tensor:
+        B, H, W = g.shape
         bs, nb, nt = self.bin_size, 4, 8
         gx, gy = _dsift_gradients(g)
         if torch.is_grad_enabled() and g.requires_grad:
