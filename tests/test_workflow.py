@@ -85,3 +85,33 @@ def test_data_stage_runs_on_the_test_config(tmp_path):
     # nothing left to do afterwards
     proc = snakemake(tmp_path, *targets, "-n", "--cores", "1", "--configfile", str(TEST_CONFIG))
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_end_to_end_table2_and_report_on_the_test_config(tmp_path):
+    snakemake(tmp_path, "results/table2.csv", "--cores", "2", "--configfile", str(TEST_CONFIG))
+    table = (tmp_path / "results/table2.csv").read_text()
+    for row in ("HOGgles", "HOG", "SIFT", "LBP"):
+        assert row in table
+    assert (tmp_path / "results/table2.md").read_text().strip()
+    # Changing one decoder hyperparameter reruns the decoders and Table 2 only.
+    import yaml
+
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["decoders"]["lr"] = 0.002
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    counts = job_counts(
+        snakemake(tmp_path, "results/table2.csv", "-n", "--cores", "1", "--configfile", str(changed)).stdout
+    )
+    assert counts.get("train_decoder") == 3 and counts.get("table2") == 1
+    assert "make_shard" not in counts and "extract_features" not in counts
+    assert "invert_mv" not in counts and "train_hoggles" not in counts
+    # -f reruns exactly one target
+    counts = job_counts(
+        snakemake(tmp_path, "results/table2.csv", "-n", "-f", "--cores", "1", "--configfile", str(TEST_CONFIG)).stdout
+    )
+    assert counts == {"table2": 1, "total": 1}
+    # the HTML report holds the table
+    snakemake(tmp_path, "results/table2.csv", "--report", "results/report.html", "--configfile", str(TEST_CONFIG))
+    assert (tmp_path / "results/report.html").stat().st_size > 10000

@@ -1,16 +1,6 @@
 # Optimisation baselines: Mahendran & Vedaldi (2015) and HOGgles (Vondrick et al. 2013).
 
 
-def mv_params():
-    m = config["mv"]
-    its = f"--iterations {m['iterations']}" if m["iterations"] else ""
-    maxi = f"--max-images {m['max_images']}" if m["max_images"] else ""
-    return (
-        f"{its} {maxi} --restarts {m['restarts']} --batch-size {m['batch_size']}"
-        f" --optimizer {m['optimizer']} --device {m['device']} --seed {config['seed']}"
-    )
-
-
 rule invert_mv:
     input:
         images=lambda w: f"data/shards/{rep_size(w.rep)}px/val/{w.shard}.tar",
@@ -29,7 +19,7 @@ rule invert_mv:
         "../../envs/pipeline.yaml"
     threads: 1
     resources:
-        gpu=1,
+        gpu=uses_gpu(config["mv"]["device"]),
         runtime=1440,
         mem_mb=16000,
     shell:

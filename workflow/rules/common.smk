@@ -104,6 +104,11 @@ def feature_paths(rep, split):
     return expand("data/features/{rep}/{split}/{shard}.h5", rep=rep, split=split, shard=shard_ids(split))
 
 
+def uses_gpu(device):
+    """1 when a job's device setting may use a GPU (for the `gpu` resource), else 0."""
+    return int(str(device).startswith("cuda") or device == "auto")
+
+
 def as_json(obj):
     """A config value as one shell-quoted JSON word (for params)."""
     return shlex.quote(json.dumps(obj, sort_keys=True))
@@ -114,6 +119,143 @@ wildcard_constraints:
     shard=r"\d{5}",
     size=r"\d+",
     rep="|".join(sorted(REPS)) or "NONE",
+
+
+# ------------------------------------------------------------ train rules
+def train_inputs(w):
+    rep = w.rep
+    inputs = {"images": shard_paths(rep_size(rep), "train")}
+    if config["features"]["store"] == "precomputed":
+        inputs["features"] = feature_paths(rep, "train")
+    return inputs
+
+
+def decoder_params():
+    d = config["decoders"]
+    length = f"--steps {d['steps']}" if d["steps"] else f"--epochs {d['epochs']}"
+    return (
+        f"--width {d['width']} {length} --batch-size {d['batch_size']} --lr {d['lr']}"
+        f" --lr-milestones {' '.join(str(m) for m in d['lr_milestones'])} --lr-gamma {d['lr_gamma']}"
+        f" --checkpoint-every {d['checkpoint_every']} --device {d['device']} --amp {d['amp']}"
+        f" --workers {d['workers']} --seed {config['seed']}"
+    )
+
+
+def features_arg(rep, split, key="features"):
+    """--features STORES for precomputed stores, or --on-the-fly with the representation."""
+    if config["features"]["store"] == "precomputed":
+        return "--features " + " ".join(feature_paths(rep, split))
+    r = REPS[rep]
+    return f"--on-the-fly --feature {r['feature']} --params {as_json(r['params'])}"
+
+
+def reconstruct_features(w):
+    if w.method.startswith("ours-"):  # perturbed features, decoder trained on clean ones
+        return [f"data/features_perturbed/{w.method[5:]}/{w.rep}/val/{w.shard}.h5"]
+    if w.method == "ours" and config["features"]["store"] == "precomputed":
+        return [f"data/features/{w.rep}/val/{w.shard}.h5"]
+    return []  # on the fly (the autoencoder always: its encoder was fine-tuned)
+
+
+def model_dir(w):
+    if w.method == "autoencoder":
+        return f"results/models/autoencoder/{w.rep}"
+    return f"results/models/{w.rep}"
+
+
+# ------------------------------------------------------------ baselines rules
+def mv_params():
+    m = config["mv"]
+    its = f"--iterations {m['iterations']}" if m["iterations"] else ""
+    maxi = f"--max-images {m['max_images']}" if m["max_images"] else ""
+    return (
+        f"{its} {maxi} --restarts {m['restarts']} --batch-size {m['batch_size']}"
+        f" --optimizer {m['optimizer']} --device {m['device']} --seed {config['seed']}"
+    )
+
+
+# ------------------------------------------------------------ evaluate rules
+def recon(method, rep):
+    return expand("results/reconstructions/{method}/{rep}/{shard}.h5", method=method, rep=rep, shard=shard_ids("val"))
+
+
+def row_arg(name, paths):
+    return f"--row {name}={','.join(paths)}"
+
+
+def caption_args(stats=True):
+    """Dataset and weights for captions; with ``stats`` the interval method, seed, image subset."""
+    a = config["alexnet"]
+    weights = a["weights"] if a["layers"] else "none"
+    args = f"--dataset {shlex.quote(config['dataset']['name'])} --weights {shlex.quote(weights)}"
+    if stats:
+        maxi = config["evaluation"]["max_images"]
+        args += f" --ci {config['evaluation']['ci']} --seed {config['seed']}"
+        args += f" --max-images {maxi}" if maxi else ""
+    return args
+
+
+def table2_rows():
+    """Table 2 row id -> reconstruction stores (rows whose method is configured)."""
+    rows = {}
+    if "hog" in REPS:
+        if HOGGLES:
+            rows["hoggles"] = recon("hoggles", "hog")
+        if "hog" in config["mv"]["representations"]:
+            rows["mv-hog"] = recon("mv", "hog")
+    for rep in ("hog", "sift", "lbp"):
+        if rep in config["decoders"]["train"]:
+            rows[f"ours-{rep}"] = recon("ours", rep)
+    return rows
+
+
+HOGGLES = "hog" in REPS
+
+
+def mv_table1_rows():
+    rows = {rep: recon("mv", rep) for rep in ("hog", "hogb", "dsift") if rep in config["mv"]["representations"]}
+    if HOGGLES:
+        rows["hoggles"] = recon("hoggles", "hog")
+    return rows
+
+
+FIG7_LABELS = {
+    "ours": "ours (decoder)",
+    "mv": "Mahendran & Vedaldi",
+    "autoencoder": "autoencoder",
+    "ours-binarize": "binarised",
+    "ours-drop50": "50% dropout",
+    "ours-drop50-smallest": "drop 50% smallest",
+}
+
+
+def figure7_points():
+    d, pts = config["decoders"], {}
+    for layer in config["alexnet"]["layers"]:
+        rep = f"alexnet_{layer}"
+        if layer in d["alexnet_layers"]:
+            pts[("ours", layer)] = recon("ours", rep)
+            for kind in d["perturbations"]:
+                pts[(f"ours-{kind}", layer)] = recon(f"ours-{kind}", rep)
+        if layer in d["autoencoder_layers"]:
+            pts[("autoencoder", layer)] = recon("autoencoder", rep)
+        if layer in config["mv"]["alexnet_layers"]:
+            pts[("mv", layer)] = recon("mv", rep)
+    return pts
+
+
+def grid_columns(which):
+    if which == "shallow":
+        cols = {f"{('HOGgles' if k == 'hoggles' else k)}": v for k, v in table2_rows().items()}
+        return cols
+    return {layer: recon("ours", f"alexnet_{layer}") for layer in config["decoders"]["alexnet_layers"]}
+
+
+FIGURE_LAYERS = {"fig8": ["fc8"], "fig10": ["conv5", "fc6", "fc7", "fc8"], "fig11": ["fc6", "fc7", "fc8"]}
+
+
+def figure_layers(fig):
+    return [l for l in FIGURE_LAYERS[fig] if l in config["decoders"]["alexnet_layers"]]
 
 
 # --------------------------------------------------------------------- targets

@@ -1,43 +1,6 @@
 # Evaluation: Table 2, M&V Table 1, Figure 7, grids and Figures 8, 10, 11.
 
 
-def recon(method, rep):
-    return expand("results/reconstructions/{method}/{rep}/{shard}.h5", method=method, rep=rep, shard=shard_ids("val"))
-
-
-def row_arg(name, paths):
-    return f"--row {name}={','.join(paths)}"
-
-
-def caption_args(stats=True):
-    """Dataset and weights for captions; with ``stats`` the interval method, seed, image subset."""
-    a = config["alexnet"]
-    weights = a["weights"] if a["layers"] else "none"
-    args = f"--dataset {shlex.quote(config['dataset']['name'])} --weights {shlex.quote(weights)}"
-    if stats:
-        maxi = config["evaluation"]["max_images"]
-        args += f" --ci {config['evaluation']['ci']} --seed {config['seed']}"
-        args += f" --max-images {maxi}" if maxi else ""
-    return args
-
-
-def table2_rows():
-    """Table 2 row id -> reconstruction stores (rows whose method is configured)."""
-    rows = {}
-    if "hog" in REPS:
-        if HOGGLES:
-            rows["hoggles"] = recon("hoggles", "hog")
-        if "hog" in config["mv"]["representations"]:
-            rows["mv-hog"] = recon("mv", "hog")
-    for rep in ("hog", "sift", "lbp"):
-        if rep in config["decoders"]["train"]:
-            rows[f"ours-{rep}"] = recon("ours", rep)
-    return rows
-
-
-HOGGLES = "hog" in REPS
-
-
 rule mean_image:
     input:
         lambda w: shard_paths(w.size, "train"),
@@ -75,13 +38,6 @@ rule table2:
         " {params.caption} --out {output.csv} --md {output.md} > {log} 2>&1"
 
 
-def mv_table1_rows():
-    rows = {rep: recon("mv", rep) for rep in ("hog", "hogb", "dsift") if rep in config["mv"]["representations"]}
-    if HOGGLES:
-        rows["hoggles"] = recon("hoggles", "hog")
-    return rows
-
-
 rule mv_table1:
     input:
         images=lambda w: shard_paths(rep_size("hog"), "val"),
@@ -101,31 +57,6 @@ rule mv_table1:
     shell:
         "python -m pipeline evaluate mv-table1 --images {input.images} {params.rows} {params.caption}"
         " --out {output.csv} --md {output.md} > {log} 2>&1"
-
-
-FIG7_LABELS = {
-    "ours": "ours (decoder)",
-    "mv": "Mahendran & Vedaldi",
-    "autoencoder": "autoencoder",
-    "ours-binarize": "binarised",
-    "ours-drop50": "50% dropout",
-    "ours-drop50-smallest": "drop 50% smallest",
-}
-
-
-def figure7_points():
-    d, pts = config["decoders"], {}
-    for layer in config["alexnet"]["layers"]:
-        rep = f"alexnet_{layer}"
-        if layer in d["alexnet_layers"]:
-            pts[("ours", layer)] = recon("ours", rep)
-            for kind in d["perturbations"]:
-                pts[(f"ours-{kind}", layer)] = recon(f"ours-{kind}", rep)
-        if layer in d["autoencoder_layers"]:
-            pts[("autoencoder", layer)] = recon("autoencoder", rep)
-        if layer in config["mv"]["alexnet_layers"]:
-            pts[("mv", layer)] = recon("mv", rep)
-    return pts
 
 
 rule figure7:
@@ -148,13 +79,6 @@ rule figure7:
     shell:
         "python -m pipeline evaluate figure7 --images {input.images} {params.points} {params.labels}"
         " {params.caption} --out {output.csv} --png {output.png} > {log} 2>&1"
-
-
-def grid_columns(which):
-    if which == "shallow":
-        cols = {f"{('HOGgles' if k == 'hoggles' else k)}": v for k, v in table2_rows().items()}
-        return cols
-    return {layer: recon("ours", f"alexnet_{layer}") for layer in config["decoders"]["alexnet_layers"]}
 
 
 rule grid:
@@ -180,13 +104,6 @@ rule grid:
     shell:
         "python -m pipeline evaluate grid --images {input.images} {params.columns} --count {params.n}"
         " {params.caption} --out {output} > {log} 2>&1"
-
-
-FIGURE_LAYERS = {"fig8": ["fc8"], "fig10": ["conv5", "fc6", "fc7", "fc8"], "fig11": ["fc6", "fc7", "fc8"]}
-
-
-def figure_layers(fig):
-    return [l for l in FIGURE_LAYERS[fig] if l in config["decoders"]["alexnet_layers"]]
 
 
 rule alexnet_figure:

@@ -2,33 +2,6 @@
 # representation, then reconstruct the validation shards with it.
 
 
-def train_inputs(w):
-    rep = w.rep
-    inputs = {"images": shard_paths(rep_size(rep), "train")}
-    if config["features"]["store"] == "precomputed":
-        inputs["features"] = feature_paths(rep, "train")
-    return inputs
-
-
-def decoder_params():
-    d = config["decoders"]
-    length = f"--steps {d['steps']}" if d["steps"] else f"--epochs {d['epochs']}"
-    return (
-        f"--width {d['width']} {length} --batch-size {d['batch_size']} --lr {d['lr']}"
-        f" --lr-milestones {' '.join(str(m) for m in d['lr_milestones'])} --lr-gamma {d['lr_gamma']}"
-        f" --checkpoint-every {d['checkpoint_every']} --device {d['device']} --amp {d['amp']}"
-        f" --workers {d['workers']} --seed {config['seed']}"
-    )
-
-
-def features_arg(rep, split, key="features"):
-    """--features STORES for precomputed stores, or --on-the-fly with the representation."""
-    if config["features"]["store"] == "precomputed":
-        return "--features " + " ".join(feature_paths(rep, split))
-    r = REPS[rep]
-    return f"--on-the-fly --feature {r['feature']} --params {as_json(r['params'])}"
-
-
 rule train_decoder:
     input:
         unpack(train_inputs),
@@ -84,20 +57,6 @@ rule train_autoencoder:
         " > {log} 2>&1"
 
 
-def reconstruct_features(w):
-    if w.method.startswith("ours-"):  # perturbed features, decoder trained on clean ones
-        return [f"data/features_perturbed/{w.method[5:]}/{w.rep}/val/{w.shard}.h5"]
-    if w.method == "ours" and config["features"]["store"] == "precomputed":
-        return [f"data/features/{w.rep}/val/{w.shard}.h5"]
-    return []  # on the fly (the autoencoder always: its encoder was fine-tuned)
-
-
-def model_dir(w):
-    if w.method == "autoencoder":
-        return f"results/models/autoencoder/{w.rep}"
-    return f"results/models/{w.rep}"
-
-
 rule reconstruct:
     input:
         model=lambda w: f"{model_dir(w)}/decoder.pt",
@@ -118,6 +77,7 @@ rule reconstruct:
         "../../envs/pipeline.yaml"
     threads: 1
     resources:
+        gpu=uses_gpu(config["decoders"]["device"]),
         runtime=60,
         mem_mb=8000,
     shell:
