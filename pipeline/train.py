@@ -368,11 +368,13 @@ def _amp_dtype(device: torch.device, amp: str):
 
 
 def train_step(model, optimizer, scaler, images_u8, features, native_size, amp_dtype=None,
-               channels_last=False):
-    """One optimisation step; returns the (detached) loss tensor.
+               channels_last=False, clip_grad: float | None = None):
+    """One optimisation step; returns the detached (loss, gradient norm) tensors.
 
     ``images_u8`` (B, H, W, 3) uint8 and ``features`` (B, D, h, w) or None, on
-    the training device.
+    the training device.  ``clip_grad``: rescale the gradients so that their
+    global L2 norm is at most this (None: no clipping); the norm returned is
+    the one before clipping.
     """
     x = images_u8.permute(0, 3, 1, 2).float()
     target = Decoder.to_target(resize_images(x, native_size))
@@ -385,9 +387,12 @@ def train_step(model, optimizer, scaler, images_u8, features, native_size, amp_d
     loss = F.mse_loss(pred.float(), target)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
     scaler.step(optimizer)
     scaler.update()
-    return loss.detach()
+    return loss.detach(), norm.detach()
 
 
 # ------------------------------------------------------------------------ the CLI
@@ -418,6 +423,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-milestones", type=float, nargs="*", default=[0.6, 0.8, 0.9],
                    help="fractions of training after which the rate is multiplied by --lr-gamma")
     p.add_argument("--lr-gamma", type=float, default=0.5)
+    p.add_argument("--clip-grad", type=float, default=None,
+                   help="clip the global gradient norm to this value (default: no clipping, as the paper)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shuffle-block", type=int, default=0,
                    help="0: global permutation per epoch; K: shuffle within groups of K shards")
@@ -494,7 +501,7 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 # keys of config.json that must match to resume a run
 _IDENTITY = ("representation", "kind", "width", "in_shape", "out_size", "native_size", "images", "features",
              "feature", "finetune_encoder", "total_steps", "batch_size", "lr", "betas", "lr_milestones",
-             "lr_gamma", "seed", "shuffle_block", "world_size", "n_train")
+             "lr_gamma", "clip_grad", "seed", "shuffle_block", "world_size", "n_train")
 
 
 def _save_torch(path, obj) -> None:
@@ -505,7 +512,7 @@ def _save_torch(path, obj) -> None:
 def _write_metrics(path, rows) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["step", "epoch", "loss", "lr", "images_per_s"])
+            w = csv.DictWriter(f, fieldnames=["step", "epoch", "loss", "lr", "images_per_s", "grad_norm"])
             w.writeheader()
             w.writerows(rows)
 
@@ -646,6 +653,7 @@ def train(args) -> dict:
         "steps_per_epoch": steps_per_epoch, "total_steps": total, "batch_size": args.batch_size,
         "optimizer": "Adam", "lr": args.lr, "betas": [args.beta1, args.beta2],
         "lr_milestones": list(args.lr_milestones), "lr_gamma": args.lr_gamma, "seed": args.seed,
+        "clip_grad": args.clip_grad,
         "shuffle_block": args.shuffle_block, "world_size": world, "device": device.type,
         "amp": str(_amp_dtype(device, args.amp)).replace("torch.", "") if _amp_dtype(device, args.amp) else "off",
         "channels_last": device.type == "cuda", "loss": "mean squared error, pixels as x / 127.5 - 1",
@@ -662,7 +670,7 @@ def train(args) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     ckpt_path = out / "checkpoint.pt"
-    step, rows, acc = 0, [], {"loss": 0.0, "n": 0}
+    step, rows, acc = 0, [], {"loss": 0.0, "n": 0, "gmax": 0.0}
     if ckpt_path.exists() and not args.restart:
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         diff = [k for k in _IDENTITY if ck["config"].get(k) != cfg.get(k)]
@@ -726,6 +734,8 @@ def train(args) -> dict:
     pin = device.type == "cuda"
     loss_sum = torch.zeros((), device=device)
     loss_sum += acc["loss"]
+    gmax = torch.zeros((), device=device)
+    gmax += acc["gmax"]
     t0, n_img = time.perf_counter(), 0
     try:
         while step < total and not stop["flag"]:
@@ -739,9 +749,10 @@ def train(args) -> dict:
                     group["lr"] = lr
                 imgs = imgs.to(device, non_blocking=True)
                 feats = None if feats is None else feats.to(device, non_blocking=True)
-                loss = train_step(net, optimizer, scaler, imgs, feats, decoder.native_size, amp_dtype,
-                                  device.type == "cuda")
+                loss, gnorm = train_step(net, optimizer, scaler, imgs, feats, decoder.native_size, amp_dtype,
+                                         device.type == "cuda", args.clip_grad)
                 loss_sum += loss
+                gmax = torch.maximum(gmax, gnorm)
                 acc["n"] += 1
                 step += 1
                 n_img += imgs.shape[0] * world
@@ -752,23 +763,26 @@ def train(args) -> dict:
 
                         dist.all_reduce(loss_sum)
                         loss_sum /= world
+                        dist.all_reduce(gmax, op=dist.ReduceOp.MAX)
                     dt = time.perf_counter() - t0
                     info = {"step": step, "epoch": round(step / steps_per_epoch, 4),
                             "loss": float(loss_sum) / acc["n"], "lr": lr,
-                            "images_per_s": round(n_img / dt, 2) if dt > 0 else 0.0}
+                            "images_per_s": round(n_img / dt, 2) if dt > 0 else 0.0,
+                            "grad_norm": float(gmax)}
                     rows.append(info)
                     loss_sum.zero_()
+                    gmax.zero_()
                     acc["n"] = 0
                     t0, n_img = time.perf_counter(), 0
                 progress.update(step, total, info)
                 if step % args.checkpoint_every == 0 and step < total:
-                    acc["loss"] = float(loss_sum)
+                    acc["loss"], acc["gmax"] = float(loss_sum), float(gmax)
                     save()
                 if args.kill_at_step is not None and step == args.kill_at_step:
                     os.kill(os.getpid(), getattr(signal, f"SIG{args.kill_signal}"))
                 if step >= total or stop["flag"]:
                     break
-        acc["loss"] = float(loss_sum)
+        acc["loss"], acc["gmax"] = float(loss_sum), float(gmax)
         if stop["flag"] and step < total:
             save()
             if rank == 0:
@@ -1032,7 +1046,7 @@ def bench_train(argv: list[str]) -> int:
                 if i == a.warmup:
                     _sync(device)
                     t = time.perf_counter()
-                train_step(model, opt, scaler, imgs, feats, dec.native_size, amp, cl)
+                train_step(model, opt, scaler, imgs, feats, dec.native_size, amp, cl, 1.0)
             _sync(device)
             ips = a.steps * a.batch_size / (time.perf_counter() - t)
             dec.eval()
