@@ -97,6 +97,20 @@ def test_hog_equals_vlfeat_on_random_and_special_images(name):
 
 
 @needs_vlfeat
+@pytest.mark.parametrize("num_orientations,cell_size", [(4, 4), (6, 8), (12, 6)])
+def test_hog_other_orientations_and_cells(num_orientations, cell_size, photos):
+    """Other O and cell sizes, on images with many exactly tied gradients
+    (integer values 0, 3, 6, 9: 45-degree ties for O = 6)."""
+    ties = torch.randint(0, 4, (1, 1, 40, 45), generator=torch.Generator().manual_seed(1)).float() * 3
+    for name in ("hog", "hogb"):
+        f = get_feature(name, cell_size=cell_size, num_orientations=num_orientations)
+        for x in (crop(photos["camera"], 80, 91, 100, 50), ties):
+            ref = vlfeat.hog(gray_np(x), cell_size, num_orientations, bilinear=(name == "hogb"))
+            assert f(x).shape[1:] == ref.shape == f.output_shape(*x.shape[-2:])
+            assert np.abs(f(x)[0].numpy() - ref).max() < TOL, (name, tuple(x.shape))
+
+
+@needs_vlfeat
 def test_hog_batched_equals_single_and_both_scatter_paths(photos):
     """A batch gives each image's own HOG; the complex-lane scatter (CPU)
     and the four real scatters (other devices) give the same histograms."""

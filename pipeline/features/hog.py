@@ -206,6 +206,36 @@ def _orientation_tables(num_orientations, dtype, device):
     return cos.to(device), sin.to(device)
 
 
+def _fix_exact_ties(gx, gy, d0, d1, O):
+    """VLFeat's own arg-max at gradients with an exactly representable angle
+    (gx = 0, gy = 0 or |gx| = |gy|: multiples of 45 degrees).
+
+    There two bins can tie exactly (e.g. 45 degrees for O = 6); VLFeat keeps
+    the first maximum of ``|<g, u_k>|`` (k = 0..O-1, float32 constants), and
+    for HOGb the first maximum among the others as second bin, while
+    ``atan2``'s rounding decides arbitrarily.  For O = 9 the only such tie
+    (90 degrees) is already resolved as VLFeat does by ``ceil(z - 1/2)``, so
+    this is used for other O only.  Updates ``d0`` (and ``d1``) in place,
+    directed bins represented in [-O, O].
+    """
+    tie = (gx == 0) | (gy == 0) | (gx.abs() == gy.abs())
+    sel = tie.nonzero(as_tuple=True)
+    if sel[0].numel() == 0:
+        return
+    cos, sin = _orientation_tables(O, gx.dtype, gx.device)
+    p = gx[sel][:, None] * cos + gy[sel][:, None] * sin  # (n, O), VLFeat's float ops
+    a = p.abs()
+
+    def directed(k):
+        b = k + O * (p.gather(1, k[:, None])[:, 0] < 0)
+        return torch.where(b > O, b - 2 * O, b).to(d0.dtype)
+
+    k0 = a.argmax(1)  # first maximum, as VLFeat's strict '>'
+    d0[sel] = directed(k0)
+    if d1 is not None:
+        d1[sel] = directed(a.scatter(1, k0[:, None], -1.0).argmax(1))
+
+
 def _scatter_corners(idx, m, geom, size, use_complex):
     """Sum over pixels of m * (corner weight) into ``size`` bins for each of
     the four corners; returns [TL, TR, BL, BR], each of length ``size``."""
@@ -255,6 +285,14 @@ def hog_histograms(g: torch.Tensor, cell_size: int = 8, num_orientations: int = 
     with torch.no_grad():
         z = torch.atan2(gy, gx).mul_(scale)  # directed angle in bin units, [-O, O]
         d0 = torch.ceil(z - 0.5)  # nearest directed bin, ties to the lower one
+        if bilinear:
+            # second nearest directed bin (on the side of the gradient)
+            frac = z - d0
+            d1 = d0 + (frac >= 0).to(d0.dtype).mul_(2).sub_(1)
+        else:
+            d1 = None
+        if O != 9:
+            _fix_exact_ties(gx.detach(), gy.detach(), d0, d1, O)
         if not bilinear:
             idx = d0.add_(off).add_(base).long()
     if not bilinear:
@@ -262,9 +300,6 @@ def hog_histograms(g: torch.Tensor, cell_size: int = 8, num_orientations: int = 
         slots = _spans_to_cells(corners, B, Sy, Sx, nslots, h, w)
     else:
         with torch.no_grad():
-            frac = z - d0
-            # second nearest directed bin (on the side of the gradient)
-            d1 = d0 + (frac >= 0).to(d0.dtype).mul_(2).sub_(1)
             if g.dtype == torch.float32:
                 # VLFeat's weight and float32 rounding:
                 # acos(min(|<g, u_k0>| / max(m, 1e-10), 1)) / (pi / O)
@@ -276,7 +311,7 @@ def hog_histograms(g: torch.Tensor, cell_size: int = 8, num_orientations: int = 
             else:
                 # the same quantity, |theta - theta_k0| / (pi / O), without the
                 # ill-conditioned acos (float64 inputs: gradcheck, optimisation)
-                w1_exact = frac.abs()
+                w1_exact = (z - d0).abs()
             i0 = (d0 + off).add_(base).long()
             i1 = (d1 + off).add_(base).long()
         if need_grad:
