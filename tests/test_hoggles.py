@@ -15,6 +15,15 @@ from pipeline import hoggles as hg
 from pipeline.features import available, get_feature, register, to_gray
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny problems: one torch thread (threads only contend on a shared machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @register("test_hoggles_cellhist")
 class CellHist(torch.nn.Module):
     """A HOG-like cell grid: 18 rectified gradient projections, cell-averaged, L2-normalised, clamped.

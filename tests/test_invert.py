@@ -15,6 +15,15 @@ from pipeline import invert as mv
 from pipeline.features import available, get_feature, register
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny problems: one torch thread (threads only contend on a shared machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @register("test_invert_randconv")
 class RandConv(torch.nn.Module):
     """A small fixed differentiable representation: 5x5 conv (16) + ReLU + 2x2 average pooling."""
