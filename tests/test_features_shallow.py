@@ -14,7 +14,7 @@ import torch
 
 from pipeline import vlfeat
 from pipeline.features import get_feature, to_gray
-from pipeline.features.hog import hog_histograms, hog_normalize, hog_permutation
+from pipeline.features.hog import hog_histograms, hog_permutation
 
 needs_vlfeat = pytest.mark.skipif(
     not vlfeat.available(), reason=f"VLFeat unavailable: {vlfeat.unavailable_reason()}")

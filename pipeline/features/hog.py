@@ -13,12 +13,18 @@ with :func:`pipeline.features.to_gray`), cell size c, O orientations:
   ``m = sqrt(gx^2 + gy^2)``;
 * 2O directed bins at angles ``k pi / O``.  Hard assignment: the bin whose
   direction is nearest to the gradient's, i.e.
-  ``d = ceil(atan2(gy, gx) O / pi - 1/2) mod 2O`` (an exact tie -- for O = 9
-  only a purely vertical gradient, gx = 0 -- goes to the lower undirected
-  index, as VLFeat's arg-max over ``|<g, u_k>|`` does).  Bilinear ("HOGb"):
-  weight ``w1 = acos(min(|<g, u_k0>| / max(m, 1e-10), 1)) / (pi / O)`` to the
-  second nearest directed bin and ``1 - w1`` to the nearest one, computed
-  with VLFeat's float32 constants and operations;
+  ``d = ceil(atan2(gy, gx) O / pi - 1/2) mod 2O``.  Exact ties go to the
+  first maximum of VLFeat's arg-max over ``|<g, u_k>|``: for O = 9 the only
+  one is a purely vertical gradient (gx = 0), which the ``ceil`` rule already
+  sends to the lower bin; for other O, gradients at multiples of 45 degrees
+  are re-binned with VLFeat's projections (:func:`_fix_exact_ties`).
+  Bilinear ("HOGb"): weight
+  ``w1 = acos(min(|<g, u_k0>| / max(m, 1e-10), 1)) / (pi / O)`` to the second
+  nearest directed bin and ``1 - w1`` to the nearest one, computed with
+  VLFeat's float32 constants and operations and a correctly rounded square
+  root (see :func:`magnitude`) for float32 input; for float64 input the same
+  quantity as ``|theta - theta_k0| / (pi / O)``, without the ill-conditioned
+  ``acos``;
 * spatial bilinear binning into ``h = (H + c/2) // c`` by
   ``w = (W + c/2) // c`` cells with cell coordinate ``(x + 0.5)/c - 0.5``;
   contributions falling outside the grid are dropped;
@@ -393,12 +399,14 @@ class HOG(torch.nn.Module):
         per_image = (h + 2) * (w + 2) * (2 * O + 3)
         limit = max(1, (1 << 24) // per_image) if x.dtype != torch.float64 else None
         # grey conversion per chunk too: temporaries stay in cache
-        outs = [hog_normalize(hog_histograms(as_float_image(x[s], self.name), c, O, self.bilinear))
+        outs = [hog_normalize(hog_histograms(as_float_image(x[s], self.name), c, O,
+                                             self.bilinear))
                 for s in chunks(B, H * W, x.device, limit)]
         return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
 
     def extra_repr(self) -> str:
-        return f"cell_size={self.cell_size}, num_orientations={self.num_orientations}, bilinear={self.bilinear}"
+        return (f"cell_size={self.cell_size}, num_orientations={self.num_orientations}, "
+                f"bilinear={self.bilinear}")
 
 
 @register("hog")
