@@ -85,6 +85,19 @@ restart from a generator seeded by ``(seed, key, restart)``, so a target's
 result does not depend on the rest of its batch.  Several restarts per
 target run side by side; the one with the lowest final energy is kept.
 
+Safeguard (not in the paper or its code).  The alpha-norm's curvature
+``lambda_a a (a-1) x^(a-2)`` grows as the 4th power of a pixel's distance
+from the mean, so an explicit gradient step is unstable for pixels beyond
+``(2 (1 + m) / (eta lambda_a a (a-1)))^(1/(a-2)) sigma`` -- about 530 grey
+levels at the default lr 0.004 -- and such a pixel then diverges to
+infinity within a few iterations.  The initial noise alone reaches that far
+for grey images (sigma spread over one channel: 119 grey levels per pixel,
+so a 4.5-sigma pixel appears in one image in three at 227x227; with the
+authors' ``x0_sigma`` their code has the same hazard).  So the iterate (and
+the initial noise) is clamped to ``mean +- clamp * B`` (default 4 B = 512
+grey levels): a projection that is inactive in normal operation.
+``clamp=None`` gives the unprotected method.
+
 Outputs are the pixels ``sigma x + m`` clipped to [0, 255].  Representations
 of grey images (HOG, HOGb, DSIFT, LBP, SIFT) are inverted in one channel with
 ``m = 128`` (the authors' ``255 * rgb2gray(x) - 128``); colour ones in RGB
@@ -128,6 +141,8 @@ LAMBDA_TV_CNN = (0.5, 5.0, 50.0)
 MOMENTUM = 0.9
 #: Pixel range half-width of the paper's rule of thumb.
 B_RANGE = 128.0
+#: Safeguard (not in the paper): keep |pixel - mean| <= CLAMP * B during the descent.
+CLAMP = 4.0
 #: Mean of grey inputs (the authors' HOG/DSIFT normalisation ``x - 128``).
 GRAY_MEAN = 128.0
 #: ImageNet mean colour, RGB (Caffe's ilsvrc_2012_mean channel averages).
@@ -439,6 +454,7 @@ def invert(
     lr: float | None = None,
     iterations: int | None = None,
     momentum: float = MOMENTUM,
+    clamp: float | None = CLAMP,
     optimizer: str = "momentum",
     restarts: int = 1,
     seed: int = 0,
@@ -460,6 +476,8 @@ def invert(
     ``lambda_tv`` are the 227x227 values (see the module docstring);
     ``lambda_tv`` defaults to :func:`default_lambda_tv`.  ``schedule`` defaults
     to :func:`default_schedule`.  ``extra_terms`` are added to the energy.
+    ``clamp``: after every step, pixels are kept within ``clamp * B`` grey
+    levels of the mean (None: never; see the module docstring).
 
     Returns the best restart of each target, pixels clipped to [0, 255],
     ``(N, channels, H, W)`` on ``device``, and the :class:`InversionLog`.
@@ -522,6 +540,11 @@ def invert(
         ref = ref.repeat_interleave(R, dim=0)
 
     x0 = torch.stack([_noise(seed, k, r, (channels, H, W)) for k in keys for r in range(R)])
+    bound = None if clamp is None else clamp * B_RANGE / sigma
+    if bound is not None:
+        if not bound > 0:
+            raise ValueError(f"clamp must be positive or None, got {clamp}")
+        x0 = x0.clamp(-bound, bound)
     x = x0.to(device=device, dtype=dtype).requires_grad_(True)
 
     def evaluate(x, grad: bool):
@@ -553,6 +576,8 @@ def invert(
                 with torch.no_grad():
                     mom.mul_(momentum).sub_(g, alpha=rate)
                     x.add_(mom)
+                    if bound is not None:
+                        x.clamp_(-bound, bound)
     else:
         opt = torch.optim.Adam([x], lr=1.0)
         for n_it, rate in segments:
@@ -567,6 +592,9 @@ def invert(
                     lrs.append(rate)
                 x.grad = g
                 opt.step()
+                if bound is not None:
+                    with torch.no_grad():
+                        x.clamp_(-bound, bound)
     with torch.no_grad():
         _, row = evaluate(x, False)
     rows.append(row)
@@ -586,7 +614,7 @@ def invert(
         "lambda_alpha_scaled": lam_a, "lambda_tv_scaled": lam_v, "sigma": sigma,
         "schedule": schedule if isinstance(schedule, str) else [list(s) for s in schedule],
         "segments": [[n, r] for n, r in segments], "iterations": it, "momentum": momentum,
-        "optimizer": optimizer, "restarts": R, "seed": seed, "channels": channels,
+        "optimizer": optimizer, "clamp": clamp, "restarts": R, "seed": seed, "channels": channels,
         "mean": mean.flatten().tolist(),
     }
     log = InversionLog(keys=keys, iteration=np.asarray(its), lr=np.asarray(lrs, dtype=np.float64),
@@ -643,6 +671,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restarts", type=int, default=1, help="random restarts per target (best kept)")
     p.add_argument("--batch-size", type=int, default=16, help="targets optimised together")
     p.add_argument("--optimizer", choices=("momentum", "adam"), default="momentum")
+    p.add_argument("--clamp", type=float, default=CLAMP,
+                   help="keep pixels within CLAMP*128 grey levels of the mean during the descent "
+                        "(safeguard against the alpha-norm's step instability; 0: off)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, ... or auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-images", type=int, default=None, help="invert only the first N images of each shard")
@@ -695,6 +726,7 @@ def run(args) -> int:
                 feature, batch, keys=keys[s: s + args.batch_size], channels=channels,
                 alpha=args.alpha, beta=args.beta, lambda_alpha=args.lambda_alpha, lambda_tv=args.lambda_tv,
                 schedule=args.schedule, lr=args.lr, iterations=args.iterations, optimizer=args.optimizer,
+                clamp=args.clamp if args.clamp > 0 else None,
                 restarts=args.restarts, seed=args.seed, device=device, log_every=args.log_every,
             )
             rec = rec.expand(-1, 3, -1, -1) if rec.shape[1] == 1 else rec
@@ -749,6 +781,8 @@ def bench_invert(argv: list[str]) -> int:
                    help="name or name:layer (AlexNet layer)")
     p.add_argument("--weights", default=None, help="AlexNet weights file (default: random weights)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--hoggles-atoms", type=int, nargs="*", default=[256, 1024],
+                   help="also time HOGgles inversion with dictionaries of these sizes (none: skip)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -790,7 +824,7 @@ def bench_invert(argv: list[str]) -> int:
                     print(f"{spec} {dev} batch {bs}: failed ({e})")
                     continue
                 per_it = dt / a.iterations / bs
-                results.append((spec, dev, bs, per_it))
+                results.append((spec, dev, bs, per_it))  # seconds per iteration per image
                 print(f"{spec:>14} {dev:>5} batch {bs:>3}: {per_it * 1e3:8.1f} ms/iteration/image -> "
                       f"{per_it * paper_its:7.1f} s/image at {paper_its} it ({sched} schedule), "
                       f"{per_it * 2100:7.1f} s/image at 2100 it (invert_nn.m)")
@@ -800,6 +834,52 @@ def bench_invert(argv: list[str]) -> int:
                 for bs, t in sorted(r.items()):
                     if bs != 1:
                         print(f"{spec:>14} {dev:>5}: batch {bs} is {r[1] / t:.2f}x faster per image than batch 1")
+    if a.hoggles_atoms and "hog" in available():
+        results += _bench_hoggles(a.size, a.hoggles_atoms, devices)
+    mv_hog = {d: t for s, d, bs, t in results if s == "hog" and bs == 1}
+    for s, d, bs, t in results:
+        if s.startswith("hoggles") and "cpu" in mv_hog and d == "cpu":
+            its = sum(n for n, _ in make_schedule("shallow"))
+            print(f"{s}: {t:.2f} s/image on the CPU; M&V on HOG at {its} iterations, batch 1: "
+                  f"{mv_hog['cpu'] * its:.1f} s/image, {mv_hog['cpu'] * its / t:.0f}x slower "
+                  f"(seed 004: 60 s vs 2-3 s, 20-30x)")
     print("references: seed 000: 'the authors report 6s per image on a GPU' (M&V, 2015 GPU); "
           "seed 004 section 4: HOGgles 2-3 s vs 60 s for M&V on HOG, same CPU")
     return 0
+
+
+def _bench_hoggles(size: int, atoms_list, devices) -> list[tuple[str, str, int, float]]:
+    """Seconds per image of HOGgles inversion at size x size (ihog's 'fast' dictionaries:
+    random training pairs as atoms, which code like learned ones)."""
+    from pipeline import hoggles as hg
+    from pipeline.data import load_sample_photo, SAMPLE_PHOTOS
+    from pipeline.features import get_feature
+
+    hog = get_feature("hog")
+    photos = []
+    for name in list(SAMPLE_PHOTOS)[:6]:
+        im = load_sample_photo(name)
+        s = min(im.shape[:2])
+        im = im[(im.shape[0] - s) // 2:][:s, (im.shape[1] - s) // 2:][:, :s]
+        photos.append(np.asarray(torch.nn.functional.interpolate(
+            torch.from_numpy(im.transpose(2, 0, 1)[None].astype(np.float32)), size=(size, size),
+            mode="bilinear", antialias=True, align_corners=False)[0].permute(1, 2, 0).clamp(0, 255).byte()))
+    photos = np.stack(photos)
+    out = []
+    for atoms in atoms_list:
+        g, h = hg.sample_pairs(photos[1:], hog, max(atoms, 2000), seed=0)
+        rng = np.random.default_rng(0)
+        d = np.concatenate([g, h], 1)[rng.choice(len(g), atoms, replace=atoms > len(g))]
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        pd = hg.PairedDictionary(gray=d[:, : g.shape[1]].astype(np.float32), hog=d[:, g.shape[1]:].astype(np.float32),
+                                 ny=hg.WINDOW, nx=hg.WINDOW, cell=hg.cell_size(hog), lam=hg.LAMBDA)
+        for dev in devices:
+            solver = "sklearn" if dev == "cpu" else "fista"
+            t0 = time.perf_counter()
+            hg.invert_images(pd, photos[:1], feature=hog, solver=solver, device=dev)
+            dt = time.perf_counter() - t0
+            name = f"hoggles-{atoms}"
+            out.append((name, dev, 1, dt))
+            print(f"{name:>14} {dev:>5} batch   1: {dt:8.2f} s/image ({solver} solver, "
+                  f"{((size + 4) // 8 + 2 * hg.PAD_CELLS - hg.WINDOW + 1) ** 2} windows)")
+    return out

@@ -195,6 +195,22 @@ def test_grey_reconstruction_for_grey_representations():
     assert rec.shape == (1, 1, 16, 16) and log.settings["channels"] == 1 and log.settings["mean"] == [128.0]
 
 
+def test_clamp_safeguard_stops_alpha_norm_divergence():
+    """A too-large step makes the x^6 term blow up on the grey noise's outliers; the clamp keeps it finite."""
+
+    class Grey(RandConv):
+        grayscale = True
+
+    kw = dict(iterations=30, schedule=[(30, 1.0)], lr=0.05, keys=["k"])
+    with np.errstate(all="ignore"):
+        _, free = mv.invert(Grey(), photo("camera", 16), clamp=None, **kw)
+    assert not np.isfinite(free.values["energy"][-1]).all() or free.values["energy"][-1].max() > 1e6
+    rec, safe = mv.invert(Grey(), photo("camera", 16), **kw)
+    assert np.isfinite(safe.values["energy"]).all() and safe.settings["clamp"] == 4.0
+    with pytest.raises(ValueError, match="clamp"):
+        mv.invert(Grey(), photo("camera", 16), clamp=-1.0, iterations=1)
+
+
 @pytest.mark.skipif("hog" not in available(), reason="differentiable HOG not registered yet")
 def test_hog_inversion_reduces_feature_error():
     hog = get_feature("hog")
