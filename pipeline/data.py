@@ -28,6 +28,7 @@ size, centre crop, RGB uint8.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -76,8 +77,9 @@ SAMPLE_PHOTOS = {
 SPLITS = ("train", "val")
 
 
+@functools.lru_cache(maxsize=None)
 def load_sample_photo(name: str) -> np.ndarray:
-    """A bundled photograph as (H, W, 3) uint8 RGB."""
+    """A bundled photograph as (H, W, 3) uint8 RGB (read-only, cached: some take a second to decode)."""
     import skimage.data
 
     if name not in SAMPLE_PHOTOS:
@@ -88,7 +90,9 @@ def load_sample_photo(name: str) -> np.ndarray:
     im = np.asarray(im)
     if im.ndim == 2:
         im = np.repeat(im[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(im[:, :, :3].astype(np.uint8))
+    im = np.ascontiguousarray(im[:, :, :3].astype(np.uint8))
+    im.flags.writeable = False
+    return im
 
 
 def sample_photo_split(split: str, val_photos: list[str]) -> list[str]:
@@ -156,13 +160,8 @@ def sample_index(split: str, cfg: dict, seed: int) -> list[dict]:
     return entries
 
 
-_PHOTO_CACHE: dict[tuple, list[np.ndarray]] = {}
-
-
 def _training_photos(photos: tuple[str, ...]) -> list[np.ndarray]:
-    if photos not in _PHOTO_CACHE:
-        _PHOTO_CACHE[photos] = [load_sample_photo(p) for p in photos]
-    return _PHOTO_CACHE[photos]
+    return [load_sample_photo(p) for p in photos]
 
 
 def dead_leaves(size: int, rng: np.random.Generator, photos: list[np.ndarray]) -> np.ndarray:
