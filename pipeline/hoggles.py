@@ -193,11 +193,69 @@ def _gray_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------
 
 
+def _shard_image_count(path, max_images: int | None) -> int:
+    """Images in a shard, from the tar's member names (no decoding)."""
+    import tarfile
+
+    from pipeline.shards import IMAGE_EXTS
+
+    try:
+        with tarfile.open(path, "r") as tar:
+            n = sum(1 for m in tar if m.isfile() and m.name.rpartition(".")[2] in IMAGE_EXTS)
+    except (tarfile.TarError, OSError) as e:
+        raise ValueError(f"{path}: not a readable tar shard ({e})") from None
+    return n if max_images is None else min(n, max_images)
+
+
+def _image_source(images, max_images: int | None = None, batch: int = 16):
+    """(count, (H, W), factory of an iterator over (b, 1, H, W) grey float batches).
+
+    ``images``: an array ((N, H, W, 3) uint8 or (N, C, H, W)) or a list of image
+    shard paths, streamed (never all in memory); ``max_images`` per shard.
+    """
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        gray = _gray_tensor(images)
+
+        def it():
+            for s in range(0, len(gray), batch):
+                yield gray[s: s + batch]
+
+        return len(gray), tuple(gray.shape[-2:]), it
+    from pipeline.shards import read_shard
+
+    paths = [str(p) for p in images]
+    counts = [_shard_image_count(p, max_images) for p in paths]
+    first = next((smp.image for p, c in zip(paths, counts) if c for smp in read_shard(p)), None)
+    if first is None:
+        raise ValueError(f"no images in {paths}")
+    size = first.shape[:2]
+
+    def it():
+        buf = []
+        for p, c in zip(paths, counts):
+            for i, smp in enumerate(read_shard(p)):
+                if i >= c:
+                    break
+                if smp.image.shape[:2] != size:
+                    raise ValueError(f"{p}: image {smp.key} is {smp.image.shape[:2]}, expected {size} like the rest")
+                buf.append(smp.image)
+                if len(buf) == batch:
+                    yield _gray_tensor(np.stack(buf))
+                    buf = []
+        if buf:
+            yield _gray_tensor(np.stack(buf))
+
+    return sum(counts), size, it
+
+
 def sample_pairs(images, feature: torch.nn.Module, n_windows: int, ny: int = WINDOW, nx: int = WINDOW,
-                 seed: int = 0, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Sample ``n_windows`` (grey patch, HOG window) pairs, normalised; (n, P), (n, D*ny*nx)."""
-    gray = _gray_tensor(images)
-    N, _, H, W = gray.shape
+                 seed: int = 0, batch: int = 16, max_images: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ``n_windows`` (grey patch, HOG window) pairs uniformly, normalised.
+
+    ``images``: an image array or a list of shard paths (streamed).  Returns
+    float32 arrays (n, P) and (n, D*ny*nx), rows zero-mean and unit-norm.
+    """
+    N, (H, W), batches = _image_source(images, max_images, batch)
     cell = cell_size(feature)
     _, h, w = feature.output_shape(H, W)
     L = (h - ny + 1) * (w - nx + 1)
@@ -207,29 +265,35 @@ def sample_pairs(images, feature: torch.nn.Module, n_windows: int, ny: int = WIN
     rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(total, size=min(n_windows, total), replace=False))
     gs, hs = [], []
+    s = 0
     with torch.no_grad():
-        for s in range(0, N, batch):
-            sel = take[(take >= s * L) & (take < (s + batch) * L)] - s * L
+        for g in batches():
+            b = len(g)
+            sel = take[(take >= s * L) & (take < (s + b) * L)] - s * L
+            s += b
             if not len(sel):
                 continue
-            g = gray[s: s + batch]
             phi = feature(g).float()
             if phi.shape[-2:] != (h, w):
                 raise ValueError(f"{feature}: output {tuple(phi.shape)} but output_shape says {(h, w)}")
             hw = hog_windows(phi, ny, nx).reshape(-1, phi.shape[1] * ny * nx)
             gp = gray_patches(g, cell, h, w, ny, nx).reshape(-1, (ny + 2) * (nx + 2) * cell * cell)
             idx = torch.from_numpy(sel)
-            gs.append(gp[idx].double().numpy())
-            hs.append(hw[idx].double().numpy())
-    return normalize_rows(np.concatenate(gs)), normalize_rows(np.concatenate(hs))
+            gs.append(normalize_rows(gp[idx].double().numpy()).astype(np.float32))
+            hs.append(normalize_rows(hw[idx].double().numpy()).astype(np.float32))
+    return np.concatenate(gs), np.concatenate(hs)
 
 
 def train_paired_dictionary(images, feature: torch.nn.Module, *, atoms: int = ATOMS, ny: int = WINDOW,
                             nx: int = WINDOW, lam: float = LAMBDA, n_windows: int = 100_000,
                             epochs: int = 10, batch_size: int = BATCH, seed: int = 0,
                             feature_name: str | None = None, feature_params: dict | None = None,
-                            verbose: bool = False) -> PairedDictionary:
-    """Learn a paired dictionary on windows of ``images`` ((N, H, W, 3) uint8 or (N, C, H, W))."""
+                            max_images: int | None = None, verbose: bool = False) -> PairedDictionary:
+    """Learn a paired dictionary on windows of ``images``.
+
+    ``images``: (N, H, W, 3) uint8 or (N, C, H, W) array, or a list of image
+    shard paths (streamed; ``max_images`` per shard).
+    """
     from sklearn.decomposition import MiniBatchDictionaryLearning
 
     for name, v in (("atoms", atoms), ("ny", ny), ("nx", nx), ("n_windows", n_windows), ("epochs", epochs),
@@ -239,12 +303,13 @@ def train_paired_dictionary(images, feature: torch.nn.Module, *, atoms: int = AT
     if not lam > 0:
         raise ValueError(f"lam must be positive, got {lam}")
     t0 = time.perf_counter()
-    g, h = sample_pairs(images, feature, n_windows, ny, nx, seed)
-    data = np.concatenate([g, h], axis=1).astype(np.float64)
+    g, h = sample_pairs(images, feature, n_windows, ny, nx, seed, max_images=max_images)
+    data = np.concatenate([g, h], axis=1)
+    del g
     n = len(data)
     rng = np.random.default_rng(seed + 1)
     init = data[rng.choice(n, size=atoms, replace=atoms > n)]
-    init = init / np.maximum(np.linalg.norm(init, axis=1, keepdims=True), EPS)
+    init = init / np.maximum(np.linalg.norm(init, axis=1, keepdims=True), 1e-12)
     dl = MiniBatchDictionaryLearning(
         n_components=atoms, alpha=lam, max_iter=epochs, fit_algorithm="cd", batch_size=min(batch_size, n),
         dict_init=init, positive_code=True, transform_algorithm="lasso_cd", transform_alpha=lam,
@@ -254,7 +319,7 @@ def train_paired_dictionary(images, feature: torch.nn.Module, *, atoms: int = AT
         warnings.simplefilter("always", ConvergenceWarning)
         dl.fit(data)
     D = dl.components_
-    P = g.shape[1]
+    P = (ny + 2) * (nx + 2) * cell_size(feature) ** 2
     meta = {"n_windows": n, "epochs": epochs, "batch_size": batch_size, "seed": seed,
             "seconds": round(time.perf_counter() - t0, 2), "steps": int(getattr(dl, "n_steps_", 0)),
             "unconverged_codes": sum(issubclass(w.category, ConvergenceWarning) for w in caught)}
@@ -439,30 +504,23 @@ def _params(text: str) -> dict:
 
 def run_train(args) -> int:
     from pipeline.features import get_feature
-    from pipeline.shards import load_shard_arrays
 
     if args.threads:
         torch.set_num_threads(args.threads)
     params = _params(args.params)
     feature = get_feature(args.feature, **params).eval()
-    imgs = []
-    for s in args.shards:
-        _, im, _ = load_shard_arrays(s)
-        imgs.append(im[: args.max_images] if args.max_images is not None else im)
-    sizes = {im.shape[1:3] for im in imgs if len(im)}
-    if len(sizes) != 1:
-        raise SystemExit(f"training shards must hold images of one size, got {sorted(sizes)}")
-    images = np.concatenate([im for im in imgs if len(im)])
+    n_images = sum(_shard_image_count(p, args.max_images) for p in args.shards)
     pd = train_paired_dictionary(
-        images, feature, atoms=args.atoms, ny=args.window, nx=args.window, lam=args.lam, n_windows=args.windows,
-        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, feature_name=args.feature,
-        feature_params=dict(getattr(feature, "params", params)),
+        [str(p) for p in args.shards], feature, atoms=args.atoms, ny=args.window, nx=args.window, lam=args.lam,
+        n_windows=args.windows, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+        feature_name=args.feature, feature_params=dict(getattr(feature, "params", params)),
+        max_images=args.max_images,
     )
     pd.meta["train_shards"] = [str(s) for s in args.shards]
-    pd.meta["train_images"] = int(len(images))
+    pd.meta["train_images"] = int(n_images)
     pd.save(args.out)
     print(f"wrote {args.out}: {pd.atoms} atoms, {pd.ny}x{pd.nx} cells, lambda {pd.lam}, "
-          f"{pd.meta['n_windows']} windows from {len(images)} images in {pd.meta['seconds']}s", file=sys.stderr)
+          f"{pd.meta['n_windows']} windows from {n_images} images in {pd.meta['seconds']}s", file=sys.stderr)
     return 0
 
 

@@ -185,6 +185,11 @@ def test_cli_train_and_invert(tmp_path):
     val = tmp_path / "val-000.tar"
     write_shard(train, [Sample(f"t{i}", im) for i, im in enumerate(imgs)])
     write_shard(val, [Sample(f"v{i}", im) for i, im in enumerate(imgs[:3])])
+    # shards are streamed: the same windows as from the array
+    ga, ha = hg.sample_pairs(imgs, CellHist(), 50, 3, 3, seed=1)
+    gs, hs = hg.sample_pairs([train], CellHist(), 50, 3, 3, seed=1, batch=5)
+    np.testing.assert_array_equal(ga, gs)
+    np.testing.assert_array_equal(ha, hs)
     d = tmp_path / "pd.npz"
     assert main(["invert-hoggles", "train", "--shards", str(train), "--out", str(d), "--feature",
                  "test_hoggles_cellhist", "--params", json.dumps({"cell": 8}), "--atoms", "32", "--window", "3",
