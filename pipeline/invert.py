@@ -388,8 +388,9 @@ class InversionLog:
     ``iteration[t]`` is the iteration number (1-based) of row t, ``lr[t]`` its
     learning rate; values are those of the iterate *before* that update.  The
     last row (``lr`` NaN) is the final iterate.  ``pixel_rmse`` is the RMS
-    error in grey levels of the clipped image against the reference image (NaN
-    without one).  ``best[n]`` is the restart kept for target n.
+    error in grey levels of the clipped image against the reference image
+    (its grey version for grey reconstructions; NaN without a reference).
+    ``best[n]`` is the restart kept for target n.
     """
 
     keys: list[str]
@@ -481,6 +482,8 @@ def invert(
 
     Returns the best restart of each target, pixels clipped to [0, 255],
     ``(N, channels, H, W)`` on ``device``, and the :class:`InversionLog`.
+    ``feature`` is moved to ``device``/``dtype`` (in place, as ``Module.to``)
+    and put in eval mode.
     """
     device = torch.device(device) if device is not None else _module_device(feature)
     feature = feature.to(device=device, dtype=dtype).eval()
