@@ -88,3 +88,16 @@ def test_bad_params_and_unreadable_store_fail_clearly(tmp_path, shard):
     junk.write_bytes(b"not hdf5")
     with pytest.raises(ValueError, match="junk.h5"):
         FeatureStore(junk)
+
+
+@pytest.mark.parametrize("name", ["hog", "hogb", "lbp", "dsift", "sift", "alexnet"])
+def test_recorded_params_rebuild_the_same_representation(name):
+    """Stores and models record ``module.params``; later stages rebuild the
+    representation with ``get_feature(name, **params)``, which must give the
+    same module (same params, same output)."""
+    m = get_feature(name)
+    again = get_feature(name, **json.loads(json.dumps(m.params)))
+    assert again.params == m.params
+    x = torch.from_numpy(load_sample_photo("coffee")[:64, :64].copy()).permute(2, 0, 1)[None].float()
+    with torch.no_grad():
+        assert torch.equal(m.eval()(x), again.eval()(x))

@@ -66,7 +66,7 @@ def photo_batch(n: int, size: int, seed: int = 0) -> torch.Tensor:
 def _vlfeat_call(name: str, f):
     p = f.params
     if name in ("hog", "hogb"):
-        return lambda g: vlfeat.hog(g, p["cell_size"], p["num_orientations"], bilinear=p["bilinear"])
+        return lambda g: vlfeat.hog(g, p["cell_size"], p["num_orientations"], bilinear=f.bilinear)
     if name == "lbp":
         return lambda g: vlfeat.lbp(g, p["cell_size"])
     if name == "dsift":

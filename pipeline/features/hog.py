@@ -381,8 +381,8 @@ class HOG(torch.nn.Module):
         self.num_orientations = num_orientations
         self.bilinear = bool(bilinear)
         self.name = "hogb" if self.bilinear else "hog"
-        self.params = {"cell_size": cell_size, "num_orientations": num_orientations,
-                       "bilinear": self.bilinear, "variant": "uoctti"}
+        # exactly the registry factory's arguments: get_feature(name, **params) rebuilds it
+        self.params = {"cell_size": cell_size, "num_orientations": num_orientations}
 
     def output_shape(self, H: int, W: int) -> tuple[int, int, int]:
         c = self.cell_size

@@ -157,7 +157,7 @@ class LBP(torch.nn.Module):
             raise ValueError(f"lbp: cell_size must be an integer in [2, 63], got {cell_size!r}")
         self.cell_size = cell_size
         self.name = "lbp"
-        self.params = {"cell_size": cell_size, "mapping": "uniform"}
+        self.params = {"cell_size": cell_size}  # get_feature("lbp", **params) rebuilds it
 
     def output_shape(self, H: int, W: int) -> tuple[int, int, int]:
         return (NUM_BINS, H // self.cell_size, W // self.cell_size)

@@ -126,8 +126,8 @@ class DSIFT(torch.nn.Module):
             raise ValueError(f"dsift: window_size must be > 0, got {window_size!r}")
         self.step, self.bin_size, self.window_size = step, bin_size, float(window_size)
         self.name = "dsift"
-        self.params = {"step": step, "bin_size": bin_size, "window_size": self.window_size,
-                       "num_bins": 4, "num_orientations": 8}
+        # get_feature("dsift", **params) rebuilds it
+        self.params = {"step": step, "bin_size": bin_size, "window_size": self.window_size}
 
     def output_shape(self, H: int, W: int) -> tuple[int, int, int]:
         ny, nx = vlfeat.dsift_grid(H, W, self.step, self.bin_size)
