@@ -20,7 +20,7 @@ GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
 _REGISTRY: dict[str, Callable[..., torch.nn.Module]] = {}
 # Modules that register the built-in representations when imported.
-_BUILTIN_MODULES = ("hog", "lbp", "sift", "alexnet")
+_BUILTIN_MODULES = ("hog", "lbp", "sift", "alexnet", "torchmodel")
 _loaded = False
 
 
