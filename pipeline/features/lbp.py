@@ -69,7 +69,7 @@ def _ternary_lut(device):
     """Table from the ternary code ``sum_i 3^i s_i + 3280`` (see
     :func:`lbp_codes`) to the 58 uniform bins."""
     m = uniform_mapping()
-    lut = torch.empty(3 ** 8, dtype=torch.long)
+    lut = torch.empty(3 ** 8, dtype=torch.int32)
     for c3 in range(3 ** 8):
         digits, r = [], c3
         for _ in range(8):
@@ -84,14 +84,16 @@ def _ternary_lut(device):
 
 
 def lbp_codes(g: torch.Tensor) -> torch.Tensor:
-    """Uniform-LBP bin (0..57) of every interior pixel of (B, H, W): (B, H-2, W-2) long.
+    """Uniform-LBP bin (0..57) of every interior pixel of (B, H, W): (B, H-2, W-2) int32.
 
     For each forward direction d_i (E, SE, S, SW) one difference map gives
     ``s_i(q) = sign(I(q + d_i) - I(q))``: bit i of pixel p is ``s_i(p) > 0``
     and bit i + 4 (the opposite neighbour) is ``s_i(p - d_i) < 0``.  The 8
     signs form a ternary number (exact in float) mapped to the bin by a
     6561-entry table: 4 subtractions and 8 additions instead of 8
-    comparisons and 8 additions.
+    comparisons and 8 additions (PyTorch's float comparisons are several
+    times slower than its arithmetic on the CPU).  Indices are int32: int64
+    element-wise arithmetic is not vectorised on the CPU (~6x slower).
     """
     B, H, W = g.shape
     acc = None
@@ -121,6 +123,8 @@ def _lbp_geometry(B, H, W, cell, device):
     shift = float(2 ** bits)
     lanes = torch.stack([ay * ax + shift * (ay * bx), by * ax + shift * (by * bx)], -1)
     lanes = lanes.expand(B, H - 2, W - 2, 2).reshape(-1, 2).contiguous()
+    if B * Sy * Sx * NUM_BINS < 2 ** 31:  # int32 indices (scatter_add_ takes them)
+        base = base.int()
     return h, w, Sy, Sx, base.to(device), lanes.to(device), shift
 
 
@@ -131,7 +135,8 @@ def lbp_histograms(g: torch.Tensor, cell_size: int = 16, use_complex: bool | Non
     if use_complex is None:
         use_complex = g.device.type == "cpu"
     h, w, Sy, Sx, base, lanes, shift = _lbp_geometry(B, H, W, cell_size, g.device)
-    idx = lbp_codes(g).view(-1).add_(base)
+    idx = lbp_codes(g).view(-1)
+    idx = idx.add_(base) if base.dtype == idx.dtype else idx.long().add_(base)
     size = B * Sy * Sx * NUM_BINS
     if use_complex:
         acc = torch.zeros(size, dtype=torch.complex128, device=g.device)
