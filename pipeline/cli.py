@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reconstruct": ("pipeline.train", "reconstruct validation images with a trained decoder"),
     "invert-mv": ("pipeline.invert", "Mahendran & Vedaldi optimisation inversion"),
     "invert-hoggles": ("pipeline.hoggles", "HOGgles paired-dictionary inversion"),
+    "preimage": ("pipeline.preimage", "natural pre-images: invert, maximise, caricature"),
     "evaluate": ("pipeline.evaluate", "metrics, tables and figures"),
     "bench": ("pipeline.bench", "benchmarks: data, features, train, invert"),
 }
