@@ -128,15 +128,76 @@ def _lbp_geometry(B, H, W, cell, device):
     return h, w, Sy, Sx, base.to(device), lanes.to(device), shift
 
 
+# Largest cell size whose packed lanes (see _packed_geometry) fit in int16.
+MAX_PACKED_CELL = 19
+
+
+@functools.lru_cache(maxsize=32)
+def _packed_geometry(H, W, cell, device):
+    """Span index (x 58) of every interior pixel, (P,) int32, and
+    its packed int64 weight ``1 + 2^16 u_y + 2^32 u_x + 2^48 u_y u_x`` with
+    ``u = t // 2`` (see :func:`lbp_histograms`)."""
+    h, w = H // cell, W // cell
+    sy, ty = span_geometry(H, cell, h)
+    sx, tx = span_geometry(W, cell, w)
+    Sy, Sx = h + 2, w + 2
+    base = ((sy[:, None] * Sx + sx[None, :]) * NUM_BINS).reshape(-1)
+    uy, ux = (ty // 2)[:, None], (tx // 2)[None, :]
+    packed = (1 + (uy << 16) + (ux << 32) + ((uy * ux) << 48)).reshape(-1)
+    return h, w, Sy, Sx, base.int().to(device), packed.to(device)
+
+
+def _packed_histograms(g: torch.Tensor, cell: int) -> torch.Tensor:
+    B, H, W = g.shape
+    h, w, Sy, Sx, base, packed = _packed_geometry(H, W, cell, g.device)
+    S = Sy * Sx * NUM_BINS  # per image: < 2^31 for any image that fits in memory
+    idx = lbp_codes(g).view(B, -1).add_(base)  # int32 arithmetic (int64's is not vectorised)
+    # one int64 scatter per pixel; lanes are 16-bit fields of the sums
+    acc = torch.zeros(B, S, dtype=torch.int64, device=g.device)
+    acc.scatter_add_(1, idx.long(), packed.expand(B, -1))
+    lanes = acc.view(torch.int16).view(B, Sy, Sx, NUM_BINS, 4).to(torch.float32)
+    n, uy, ux, q = lanes.unbind(-1)
+    r, C = (cell + 1) % 2, float(2 * cell)  # t = 2u + r
+    if r:  # sum t_y = 2 U_y + n;  BR = sum t_y t_x = 4 Q' + 2 (U_y + U_x) + n
+        sy, sx = torch.add(n, uy, alpha=2.0), torch.add(n, ux, alpha=2.0)
+        br = torch.add(sy, sx).sub_(n).add_(q, alpha=4.0)
+    else:  # sum t_y = 2 U_y;  BR = 4 Q'
+        sy, sx, br = uy * 2.0, ux * 2.0, q * 4.0
+    # cell (y, x) = TL(y+1, x+1) + TR(y+1, x) + BL(y, x+1) + BR(y, x) with
+    # TL = C^2 n - C (Sy + Sx) + BR, TR = C Sx - BR, BL = C Sy - BR   (C = 2c)
+    i1, i0, j1, j0 = slice(1, h + 1), slice(0, h), slice(1, w + 1), slice(0, w)
+    hist = n[:, i1, j1] * (C * C)
+    hist += br[:, i1, j1] - br[:, i1, j0] - br[:, i0, j1] + br[:, i0, j0]
+    hist.add_(sx[:, i1, j0] - sx[:, i1, j1], alpha=C)
+    hist.add_(sy[:, i0, j1] - sy[:, i1, j1], alpha=C)
+    return hist.mul_(1.0 / (4 * cell * cell)).permute(0, 3, 1, 2)
+
+
 def lbp_histograms(g: torch.Tensor, cell_size: int = 16, use_complex: bool | None = None) -> torch.Tensor:
-    """Bilinearly binned uniform-LBP counts (B, 58, H//c, W//c), float64, before
-    the square-root normalisation.  ``g``: (B, H, W) grey."""
+    """Bilinearly binned uniform-LBP counts (B, 58, H//c, W//c), before the
+    square-root normalisation.  ``g``: (B, H, W) grey.
+
+    ``use_complex=None`` (default): for ``cell_size <= MAX_PACKED_CELL`` one
+    int64 ``scatter_add_`` per pixel of the packed
+    ``1 + 2^16 u_y + 2^32 u_x + 2^48 u_y u_x`` (``u = t // 2``, so
+    ``t = 2u + (c+1) mod 2``): its four 16-bit fields sum, per (span, bin),
+    ``n``, ``U_y = sum u_y``, ``U_x = sum u_x`` and ``Q' = sum u_y u_x``
+    (at most c^2, c^2 (c-1)/2 and (c (c-1)/2)^2 < 2^15: no carries), read by
+    viewing the sums as int16.  The four corner weights of every span are
+    linear in these (``sum (2c - t_y) t_x = 2c sum t_x - sum t_y t_x``,
+    ...), computed exactly in float32 (integers < 2^24); float32 result.
+    ``True``/``False`` (and larger cells): the float64 complex / two-lane
+    scatter described in the module docstring; float64 result.
+    """
     B, H, W = g.shape
     if use_complex is None:
+        if cell_size <= MAX_PACKED_CELL:
+            return _packed_histograms(g, cell_size)
         use_complex = g.device.type == "cpu"
     h, w, Sy, Sx, base, lanes, shift = _lbp_geometry(B, H, W, cell_size, g.device)
     idx = lbp_codes(g).view(-1)
-    idx = idx.add_(base) if base.dtype == idx.dtype else idx.long().add_(base)
+    # int32 add, then int64 for scatter_add_ (which converts int32 indices itself, slowly)
+    idx = idx.add_(base).long() if base.dtype == idx.dtype else idx.long().add_(base)
     size = B * Sy * Sx * NUM_BINS
     if use_complex:
         acc = torch.zeros(size, dtype=torch.complex128, device=g.device)
