@@ -12,7 +12,8 @@ mean colour, or 128 for grey representations), and
   ``J`` pixels in each direction, redrawn at every iteration from a generator
   seeded by ``seed`` (the same shifts for every target of a batch, so a
   target's result does not depend on its batch).  ``J = 0`` (no jitter) for
-  inversion, 4 pixels for maximisation and caricatures by default.
+  inversion; for maximisation and caricatures 4 pixels at 227x227, scaled to
+  the image size (``max(1, round(4 min(H, W) / 227))``) by default.
 * Data terms ``l`` (``M`` a 0/1 mask on the representation, see masks below):
 
   - ``invert``:     ``||M (Phi - Phi0)||^2 / ||M Phi0||^2``
@@ -95,6 +96,7 @@ from pipeline.invert import (
     GRAY_MEAN,
     LAMBDA_ALPHA,
     MOMENTUM,
+    REF_SIZE,
     RGB_MEAN,
     SCHEDULES,
     AlphaNorm,
@@ -113,7 +115,7 @@ from pipeline.invert import (
 
 MODES = ("invert", "maximise", "caricature")
 RANGES = ("alpha", "bounded")
-#: Jitter (pixels) by default per mode.
+#: Default jitter at 227x227 (pixels) per mode; scaled to the image size (at least 1 where nonzero).
 JITTER = {"invert": 0, "maximise": 4, "caricature": 4}
 #: Clamp of the bounded range, in units of B: the half-diagonal of the RGB cube.
 CLAMP_BOUNDED = math.sqrt(3.0)
@@ -369,9 +371,10 @@ def preimage(
     optimizer = optimizer or ("momentum" if mode == "invert" else "adam")
     if optimizer not in ("momentum", "adam"):
         raise ValueError(f"optimizer must be 'momentum' or 'adam', got {optimizer!r}")
-    jitter = JITTER[mode] if jitter is None else int(jitter)
-    if jitter < 0:
+    jitter_default = jitter is None
+    if jitter is not None and int(jitter) < 0:
         raise ValueError(f"jitter must be >= 0, got {jitter}")
+    jitter = 0 if jitter is None else int(jitter)
     init = init or ("image" if mode == "caricature" else "noise")
     if init not in ("noise", "image"):
         raise ValueError(f"init must be 'noise' or 'image', got {init!r}")
@@ -425,6 +428,8 @@ def preimage(
     if len(keys) != N:
         raise ValueError(f"keys: {len(keys)} keys for {N} targets")
 
+    if jitter_default and JITTER[mode]:
+        jitter = max(1, round(JITTER[mode] * min(H, W) / REF_SIZE))
     R = restarts
     sigma = sigma_for(H, W)
     mean = torch.tensor([GRAY_MEAN] if channels == 1 else list(RGB_MEAN), device=device, dtype=dtype).view(1, -1, 1, 1)
