@@ -128,22 +128,34 @@ def _lbp_geometry(B, H, W, cell, device):
     return h, w, Sy, Sx, base.to(device), lanes.to(device), shift
 
 
-# Largest cell size whose packed lanes (see _packed_geometry) fit in int16.
-MAX_PACKED_CELL = 19
+def packed_fits(cell: int) -> bool:
+    """Whether the corner sums of :func:`_packed_histograms` fit in int16.  A
+    span's corner-weight sum is at most ``(sum_t (2c - t))^2``: ``c^4`` for even c
+    (fields ``(c^4 - c^2)/2``), ``(c (c + 1))^2`` for odd c (fields a quarter
+    of it): c <= 16 and odd c <= 17."""
+    if cell % 2 == 0:
+        return (cell ** 4 - cell ** 2) // 2 < 2 ** 15
+    return (cell * (cell + 1)) ** 2 // 4 < 2 ** 15
 
 
 @functools.lru_cache(maxsize=32)
 def _packed_geometry(H, W, cell, device):
-    """Span index (x 58) of every interior pixel, (P,) int32, and
-    its packed int64 weight ``1 + 2^16 u_y + 2^32 u_x + 2^48 u_y u_x`` with
-    ``u = t // 2`` (see :func:`lbp_histograms`)."""
+    """Span index (x 58) of every interior pixel, (P,) int32, and its packed
+    int64 weight (four 16-bit fields, see :func:`lbp_histograms`)."""
     h, w = H // cell, W // cell
     sy, ty = span_geometry(H, cell, h)
     sx, tx = span_geometry(W, cell, w)
     Sy, Sx = h + 2, w + 2
     base = ((sy[:, None] * Sx + sx[None, :]) * NUM_BINS).reshape(-1)
-    uy, ux = (ty // 2)[:, None], (tx // 2)[None, :]
-    packed = (1 + (uy << 16) + (ux << 32) + ((uy * ux) << 48)).reshape(-1)
+    c2 = 2 * cell
+    ay, by = (c2 - ty)[:, None], ty[:, None]
+    ax, bx = (c2 - tx)[None, :], tx[None, :]
+    # corner weights: odd products for even c -> (w - 1)/2; multiples of 4 for odd c -> w/4
+    if cell % 2 == 0:
+        f = [(ay * ax - 1) // 2, (ay * bx - 1) // 2, (by * ax - 1) // 2, (by * bx - 1) // 2]
+    else:
+        f = [ay * ax // 4, ay * bx // 4, by * ax // 4, by * bx // 4]
+    packed = (f[0] + (f[1] << 16) + (f[2] << 32) + (f[3] << 48)).reshape(-1)
     return h, w, Sy, Sx, base.int().to(device), packed.to(device)
 
 
@@ -152,25 +164,19 @@ def _packed_histograms(g: torch.Tensor, cell: int) -> torch.Tensor:
     h, w, Sy, Sx, base, packed = _packed_geometry(H, W, cell, g.device)
     S = Sy * Sx * NUM_BINS  # per image: < 2^31 for any image that fits in memory
     idx = lbp_codes(g).view(B, -1).add_(base)  # int32 arithmetic (int64's is not vectorised)
-    # one int64 scatter per pixel; lanes are 16-bit fields of the sums
     acc = torch.zeros(B, S, dtype=torch.int64, device=g.device)
-    acc.scatter_add_(1, idx.long(), packed.expand(B, -1))
+    acc.scatter_add_(1, idx.long(), packed.expand(B, -1))  # one scatter per pixel
     lanes = acc.view(torch.int16).view(B, Sy, Sx, NUM_BINS, 4).to(torch.float32)
-    n, uy, ux, q = lanes.unbind(-1)
-    r, C = (cell + 1) % 2, float(2 * cell)  # t = 2u + r
-    if r:  # sum t_y = 2 U_y + n;  BR = sum t_y t_x = 4 Q' + 2 (U_y + U_x) + n
-        sy, sx = torch.add(n, uy, alpha=2.0), torch.add(n, ux, alpha=2.0)
-        br = torch.add(sy, sx).sub_(n).add_(q, alpha=4.0)
-    else:  # sum t_y = 2 U_y;  BR = 4 Q'
-        sy, sx, br = uy * 2.0, ux * 2.0, q * 4.0
-    # cell (y, x) = TL(y+1, x+1) + TR(y+1, x) + BL(y, x+1) + BR(y, x) with
-    # TL = C^2 n - C (Sy + Sx) + BR, TR = C Sx - BR, BL = C Sy - BR   (C = 2c)
     i1, i0, j1, j0 = slice(1, h + 1), slice(0, h), slice(1, w + 1), slice(0, w)
-    hist = n[:, i1, j1] * (C * C)
-    hist += br[:, i1, j1] - br[:, i1, j0] - br[:, i0, j1] + br[:, i0, j0]
-    hist.add_(sx[:, i1, j0] - sx[:, i1, j1], alpha=C)
-    hist.add_(sy[:, i0, j1] - sy[:, i1, j1], alpha=C)
-    return hist.mul_(1.0 / (4 * cell * cell)).permute(0, 3, 1, 2)
+    # cell (y, x) <- TL of span (y+1, x+1), TR of (y+1, x), BL of (y, x+1), BR of (y, x)
+    hist = ((lanes[:, i1, j1, :, 0] + lanes[:, i1, j0, :, 1])
+            + (lanes[:, i0, j1, :, 2] + lanes[:, i0, j0, :, 3]))
+    if cell % 2:
+        return hist.mul_(4.0 / (4 * cell * cell)).permute(0, 3, 1, 2)
+    # even c: corner = 2 field + n, and the four fields of a span sum to 2 (c^2 - 1) n
+    s = (lanes[..., 0] + lanes[..., 1]) + (lanes[..., 2] + lanes[..., 3])
+    n4 = ((s[:, i1, j1] + s[:, i1, j0]) + (s[:, i0, j1] + s[:, i0, j0])).div_(2.0 * (cell * cell - 1))
+    return n4.add_(hist, alpha=2.0).mul_(1.0 / (4 * cell * cell)).permute(0, 3, 1, 2)
 
 
 def lbp_histograms(g: torch.Tensor, cell_size: int = 16, use_complex: bool | None = None) -> torch.Tensor:
@@ -191,7 +197,7 @@ def lbp_histograms(g: torch.Tensor, cell_size: int = 16, use_complex: bool | Non
     """
     B, H, W = g.shape
     if use_complex is None:
-        if cell_size <= MAX_PACKED_CELL:
+        if packed_fits(cell_size):
             return _packed_histograms(g, cell_size)
         use_complex = g.device.type == "cpu"
     h, w, Sy, Sx, base, lanes, shift = _lbp_geometry(B, H, W, cell_size, g.device)
