@@ -97,10 +97,12 @@ def lbp_codes(g: torch.Tensor) -> torch.Tensor:
     """
     B, H, W = g.shape
     acc = None
+    buf = torch.empty(B * H * W, dtype=g.dtype, device=g.device)  # one buffer for the 4 maps
     for i, (dy, dx) in enumerate(FORWARD):
         x0 = max(0, -dx)
         # s[q] for q_y in [0, H - dy), q_x in [x0, W - max(0, dx))
-        s = (g[:, dy:H, x0 + dx:W - max(0, dx) + dx] - g[:, 0:H - dy, x0:W - max(0, dx)]).sign_()
+        a = g[:, dy:H, x0 + dx:W - max(0, dx) + dx]
+        s = torch.sub(a, g[:, 0:H - dy, x0:W - max(0, dx)], out=buf[:a.numel()].view(a.shape)).sign_()
         here = s[:, 1:H - 1, 1 - x0:W - 1 - x0]  # s(p)
         back = s[:, 1 - dy:H - 1 - dy, 1 - dx - x0:W - 1 - dx - x0]  # s(p - d)
         acc = here + 3280.0 if acc is None else acc.add_(here, alpha=float(3 ** i))
@@ -220,6 +222,15 @@ def lbp_histograms(g: torch.Tensor, cell_size: int = 16, use_complex: bool | Non
     return (hist * (1.0 / (4 * cell_size * cell_size))).permute(0, 3, 1, 2)
 
 
+@functools.lru_cache(maxsize=32)
+def _cell_norm(H, W, cell, device, dtype):
+    """``sqrt(sum_k h_k) + 1e-10`` per cell, (1, 1, h, w): every pixel spreads its
+    whole bilinear weight over the bins, so the sum does not depend on the
+    image (computed on a flat one, where all of it lands in bin 56)."""
+    hist = lbp_histograms(torch.zeros(1, H, W, dtype=dtype, device=device), cell).to(dtype)
+    return hist.sum(1, keepdim=True).sqrt_().add_(1e-10)
+
+
 class LBP(torch.nn.Module):
     """VLFeat uniform LBP: (B, C, H, W) in [0, 255] -> (B, 58, H // c, W // c)."""
 
@@ -244,8 +255,7 @@ class LBP(torch.nn.Module):
         for s in chunks(B, H * W, x.device):
             g = as_float_image(x[s], "lbp")  # grey per chunk: temporaries stay in cache
             hist = lbp_histograms(g, c).to(g.dtype)
-            norm = hist.sum(1, keepdim=True).sqrt_().add_(1e-10)
-            outs.append(hist.sqrt_().div_(norm))
+            outs.append(hist.sqrt_().div_(_cell_norm(H, W, c, g.device, g.dtype)))
         return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
 
     def extra_repr(self) -> str:
