@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 
-import numpy as np
 import pytest
 import skimage.data
 import torch
