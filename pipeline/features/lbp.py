@@ -26,12 +26,28 @@ difference maps and a table (:func:`lbp_codes`).  The bilinear weights of a
 pixel are exact binary fractions: with ``t = 2 c frac(hx)`` (an integer)
 they are ``(2c - t)/(2c)`` and ``t/(2c)``, so ``4c^2`` times a corner weight
 is an integer <= 4c^2, and the sum over the c x c pixels of a *span* (the
-square between four cell centres) stays below ``2^b`` with
-``b = bitlength(4 c^4)`` (19 bits for c = 16).  Each pixel therefore adds the
-packed integers ``TL + 2^b TR`` and ``BL + 2^b BR`` to its span's bin as the
-two float64 lanes of one complex number: a single ``scatter_add_`` per
-pixel, exact in any summation order, unpacked with floor/subtract.  Span
-sums are combined into cells with four shifted additions.
+square between four cell centres) is an integer <= ``(sum_t (2c - t))^2``
+(``c^4`` for even c).  One ``scatter_add_`` per pixel adds all four corner
+weights of the pixel to its (span, bin) as packed integers, exact in any
+summation order:
+
+* default (c <= 16, odd c <= 17; :func:`packed_fits`): one int64 of four
+  16-bit fields, ``(w - 1)/2`` for even c (corner weights are odd) or
+  ``w/4`` for odd c (multiples of 4), whose sums stay below 2^15: no carry
+  between fields, read back by viewing the int64 sums as int16.  For even c
+  the pixel count n of a span (needed for ``w = 2 field + 1``) is the sum
+  of its four fields over ``2 (c^2 - 1)``.  Combined into cells exactly in
+  float32 (integers < 2^24);
+* otherwise (or ``use_complex`` given): ``TL + 2^b TR`` and ``BL + 2^b BR``
+  (``b = bitlength(4 c^4)``) as the two float64 lanes of a complex number
+  (``use_complex=False``: two float64 scatters), unpacked with floor/subtract.
+
+Span sums are combined into cells with four shifted additions.  The cell
+norms do not depend on the image (every pixel spreads its whole weight over
+the bins) and are cached.  CPU speed notes: float comparisons and int64
+arithmetic are not vectorised in PyTorch (several times slower than float32
+or int32 arithmetic), so codes come from float differences and indices are
+int32 until the scatter; chunks of ~2^19 pixels keep temporaries in cache.
 """
 from __future__ import annotations
 
@@ -185,15 +201,10 @@ def lbp_histograms(g: torch.Tensor, cell_size: int = 16, use_complex: bool | Non
     """Bilinearly binned uniform-LBP counts (B, 58, H//c, W//c), before the
     square-root normalisation.  ``g``: (B, H, W) grey.
 
-    ``use_complex=None`` (default): for ``cell_size <= MAX_PACKED_CELL`` one
-    int64 ``scatter_add_`` per pixel of the packed
-    ``1 + 2^16 u_y + 2^32 u_x + 2^48 u_y u_x`` (``u = t // 2``, so
-    ``t = 2u + (c+1) mod 2``): its four 16-bit fields sum, per (span, bin),
-    ``n``, ``U_y = sum u_y``, ``U_x = sum u_x`` and ``Q' = sum u_y u_x``
-    (at most c^2, c^2 (c-1)/2 and (c (c-1)/2)^2 < 2^15: no carries), read by
-    viewing the sums as int16.  The four corner weights of every span are
-    linear in these (``sum (2c - t_y) t_x = 2c sum t_x - sum t_y t_x``,
-    ...), computed exactly in float32 (integers < 2^24); float32 result.
+    ``use_complex=None`` (default): where :func:`packed_fits` (c <= 16, odd
+    c <= 17), one int64 ``scatter_add_`` per pixel of its four corner weights
+    packed in 16-bit fields (module docstring); float32 result, exact up to
+    the final scaling by ``1/(4c^2)`` (exact for c a power of 2).
     ``True``/``False`` (and larger cells): the float64 complex / two-lane
     scatter described in the module docstring; float64 result.
     """
