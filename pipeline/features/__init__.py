@@ -71,7 +71,10 @@ def to_gray(x: torch.Tensor) -> torch.Tensor:
         return x
     if c != 3:
         raise ValueError(f"expected 1 or 3 channels, got {c}")
-    # ((R w0) + G w1) + B w2 in x's dtype: bit-identical to (x * w).sum(1), with
-    # one output-sized temporary instead of a full (B, 3, H, W) product.
+    if x.dtype not in (torch.float32, torch.float64):  # e.g. half: sum accumulates in float
+        w = torch.tensor(GRAY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x * w).sum(dim=1, keepdim=True)
+    # ((R w0) + G w1) + B w2: bit-identical to (x * w).sum(1) in float32/64, with
+    # output-sized temporaries instead of a (B, 3, H, W) product.
     w0, w1, w2 = (torch.tensor(w, dtype=x.dtype).item() for w in GRAY_WEIGHTS)
     return (x[:, 0:1] * w0).add_(x[:, 1:2] * w1).add_(x[:, 2:3] * w2)
