@@ -16,6 +16,7 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/preimage.smk"
 
 
 report: "workflow/report/workflow.rst"

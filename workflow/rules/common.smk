@@ -258,6 +258,24 @@ def figure_layers(fig):
     return [l for l in FIGURE_LAYERS[fig] if l in config["decoders"]["alexnet_layers"]]
 
 
+# ------------------------------------------------------------ preimage rules
+PREIMAGE_MODES = ["maximise", "caricature", "invert"]
+
+
+def _preimage_layers():
+    """Pre-ReLU taps of the configured paper layers (a ReLU unit at 0 has no gradient)."""
+    want = [l for l in config["preimage"]["layers"] if l in config["alexnet"]["layers"]]
+    return [f"{l}_raw" for l in want]
+
+
+PREIMAGE_LAYERS = _preimage_layers()
+PREIMAGE_TARGETS = {
+    "maximise": "--units 0 1 2 3 --lambda-tv 0.5",
+    "caricature": "--max-images 4 --lambda-tv 0.5",
+    "invert": "--max-images 4 --window 3",
+}
+
+
 # --------------------------------------------------------------------- targets
 def all_targets():
     """The paper's outputs (rule all); functions from the other rule files."""
@@ -273,4 +291,6 @@ def all_targets():
             t += ["results/figures/grid_alexnet.png"]
             t += expand("results/models/alexnet_{layer}/decoder.pt", layer=d["alexnet_layers"])
         t += [f"results/figures/{fig}.png" for fig in FIGURE_LAYERS if figure_layers(fig)]
+        if PREIMAGE_LAYERS:
+            t += expand("results/figures/preimage_{mode}.png", mode=PREIMAGE_MODES)
     return t

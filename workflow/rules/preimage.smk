@@ -1,0 +1,39 @@
+# Natural pre-images (seed 002): a small gallery of activation maximisation,
+# caricatures and masked inversions for a few AlexNet layers.
+
+
+rule preimage_gallery:
+    input:
+        images=lambda w: shard_paths(config["alexnet"]["image_size"], "val")[0],
+    output:
+        store="results/preimage/{mode}.h5",
+        grid=report("results/figures/preimage_{mode}.png", category="Figures", caption="../report/preimage.rst"),
+    wildcard_constraints:
+        mode="maximise|caricature|invert",
+    params:
+        fparams=as_json(
+            {"arch": config["alexnet"]["arch"], "weights": config["alexnet"]["weights"], "seed": config["seed"]}
+        ),
+        layers=" ".join(PREIMAGE_LAYERS),
+        targets=lambda w: PREIMAGE_TARGETS[w.mode],
+        iterations=config["preimage"]["iterations"],
+        seed=config["seed"],
+        caption=lambda w: shlex.quote(
+            f"Natural pre-images ({w.mode}), AlexNet {config['alexnet']['arch']}, weights "
+            f"{config['alexnet']['weights']}{' (untrained)' if config['alexnet']['weights'] == 'random' else ''}"
+        ),
+    log:
+        "logs/preimage/{mode}.log",
+    benchmark:
+        "benchmarks/preimage/{mode}.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    threads: 2
+    resources:
+        runtime=60,
+        mem_mb=4000,
+    shell:
+        "OMP_NUM_THREADS={threads} python -m pipeline preimage --mode {wildcards.mode} --feature alexnet"
+        " --params {params.fparams} --layers {params.layers} --shard {input.images} {params.targets}"
+        " --iterations {params.iterations} --seed {params.seed} --threads {threads} --out {output.store}"
+        " --grid {output.grid} --caption {params.caption} > {log} 2>&1"
