@@ -623,6 +623,9 @@ def train(args) -> dict:
         feature = {"name": args.feature, "params": _parse_params(args.params)}
         encoder = get_feature(args.feature, **feature["params"]).to(device)
         in_shape = tuple(int(v) for v in encoder.output_shape(*data.image_size))
+        if args.finetune_encoder:
+            # representations freeze their weights (e.g. AlexNet); the autoencoder trains them
+            encoder.requires_grad_(True)
         if args.finetune_encoder and not any(p.requires_grad for p in encoder.parameters()):
             raise ValueError(f"--finetune-encoder: feature {args.feature!r} has no trainable parameters")
     else:
