@@ -449,3 +449,18 @@ def test_sift_opencv_fallback_backend(photos):
         if d[j] < 1 and abs(got[j, 2] / fs - 1) < 0.2:
             da.append(abs(np.angle(np.exp(1j * (got[j, 3] - fa)))))
     assert len(da) >= 10 and np.median(da) < 0.2
+
+
+@pytest.mark.parametrize("cell", [5, 16, 17, 18])
+def test_lbp_default_packed_path_equals_complex_path(cell):
+    """The default (packed 16-bit fields) histogram path equals the complex one,
+    including on a flat image, where every span holds one bin (largest field sums)."""
+    from pipeline.features.lbp import lbp_histograms
+
+    rng = np.random.default_rng(cell)
+    flat = torch.full((1, 256, 256), 77.0)
+    ints = torch.from_numpy(rng.integers(0, 4, (2, 90, 120)).astype(np.float32))
+    for g in (flat, ints):
+        a = lbp_histograms(g, cell).double()
+        b = lbp_histograms(g, cell, use_complex=True).double()
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
