@@ -41,9 +41,18 @@ def job_counts(stdout: str) -> dict[str, int]:
 def test_dry_run_of_all_targets_default_config(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "1")
     counts = job_counts(proc.stdout)
+    # config/config.yaml: 4 train + 1 val shards, one image size (64 px)
     assert counts["list_images"] == 2
-    assert counts["make_shard"] == 4 + 1  # config/config.yaml: 4 train + 1 val shards, one image size
-    assert counts["extract_features"] == (5 + 8) * 5  # 5 shallow + 8 AlexNet layers, every shard
+    assert counts["make_shard"] == 4 + 1
+    # stores for the decoders' representations: hog, sift, lbp + 8 AlexNet layers, every shard
+    assert counts["extract_features"] == (3 + 8) * 5
+    assert counts["train_decoder"] == 3 + 8
+    assert counts["train_autoencoder"] == 3  # conv2, conv5, fc8
+    assert counts["invert_mv"] == 3 + 3  # hog, hogb, dsift + conv2, conv5, fc8 on the 1 val shard
+    assert counts["perturb_features"] == 8 * 3  # every AlexNet layer x 3 perturbations
+    assert counts["reconstruct"] == 3 + 8 + 8 * 3 + 3  # ours, ours AlexNet, perturbed, autoencoder
+    for rule in ("table2", "mv_table1", "figure7", "train_hoggles", "invert_hoggles", "mean_image"):
+        assert counts[rule] == 1, rule
 
 
 def test_unknown_config_key_is_rejected_by_name(tmp_path):
