@@ -356,3 +356,29 @@ def test_bench_train_prints_figures_against_the_paper(capsys):
         ips, ms = float(l.split()[-3]), float(l.split()[-2])
         assert ips > 0 and ms > 0
     assert "5 ms per image" in out
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_torchrun_ddp_on_cpu_matches_a_single_process(data, tmp_path, one_thread):
+    """Two gloo processes, each half of every global batch: the same steps as one process."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert main(_args(data, single, "--features", *data["stores"], "--device", "cpu")) == 0
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                        "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "pipeline",
+                        *_args(data, ddp, "--features", *data["stores"], "--device", "cpu")],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    cfg = json.loads((ddp / "config.json").read_text())
+    assert cfg["world_size"] == 2 and cfg["steps_per_epoch"] == 3 and cfg["finished"]
+    a, b = _state(single), _state(ddp)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+    la = [float(r["loss"]) for r in _rows(single)]
+    lb = [float(r["loss"]) for r in _rows(ddp)]
+    assert la == pytest.approx(lb, rel=1e-5)
