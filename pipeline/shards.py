@@ -78,15 +78,31 @@ def write_shard(path, samples: Iterable[Sample], fmt: str = "png", quality: int 
     return n
 
 
+def _open_tar(path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path, "r")
+    except (tarfile.TarError, OSError) as e:
+        raise ValueError(f"{path}: not a readable tar shard ({e})") from None
+
+
+def index_shard(path) -> tuple[list[str], list[tuple[int, int]]]:
+    """Keys and (byte offset, size) of each image member of a shard, in order
+    (for random access: read ``size`` bytes at ``offset`` and :func:`decode_image`)."""
+    keys, spans = [], []
+    with _open_tar(path) as tar:
+        for m in tar:
+            key, _, ext = m.name.partition(".")
+            if m.isfile() and ext in IMAGE_EXTS:
+                keys.append(key)
+                spans.append((m.offset_data, m.size))
+    return keys, spans
+
+
 def read_shard(path) -> Iterator[Sample]:
     """Yield the samples of a shard in order (plain ``tarfile``, no webdataset)."""
     path = Path(path)
     current: dict | None = None
-    try:
-        tar = tarfile.open(path, "r")
-    except (tarfile.TarError, OSError) as e:
-        raise ValueError(f"{path}: not a readable tar shard ({e})") from None
-    with tar:
+    with _open_tar(path) as tar:
         for member in tar:
             if not member.isfile():
                 continue

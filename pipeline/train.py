@@ -76,7 +76,6 @@ import os
 import random
 import signal
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -88,7 +87,7 @@ from torch import nn
 from pipeline import __version__
 from pipeline.decoders import KINDS, Decoder, build_decoder, decoder_from_args, kind_for, resize_images
 from pipeline.io import atomic_path, sha256_file, write_json
-from pipeline.shards import IMAGE_EXTS, decode_image
+from pipeline.shards import decode_image, index_shard
 from pipeline.store import FeatureStore, write_store
 
 DECODER_FORMAT = "pipeline-decoder/1"
@@ -97,24 +96,6 @@ SCALE_SAMPLES = 512
 PAPER_MS_PER_IMAGE = 5.0  # seed 000: "roughly 5 ms per image on a GPU"
 
 # --------------------------------------------------------------------------- data
-
-
-def index_shard(path) -> tuple[list[str], list[tuple[int, int]]]:
-    """Keys and (byte offset, size) of each image member of a tar shard, in order."""
-    keys, spans = [], []
-    try:
-        tar = tarfile.open(path, "r")
-    except (tarfile.TarError, OSError) as e:
-        raise ValueError(f"{path}: not a readable tar shard ({e})") from None
-    with tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            key, _, ext = m.name.partition(".")
-            if ext in IMAGE_EXTS:
-                keys.append(key)
-                spans.append((m.offset_data, m.size))
-    return keys, spans
 
 
 def _feature_shape(shape) -> tuple[int, int, int]:
