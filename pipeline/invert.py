@@ -427,7 +427,7 @@ class InversionLog:
                 w.writerow(row)
 
 
-def _noise(seed: int, key: str, restart: int, shape: tuple[int, ...]) -> torch.Tensor:
+def noise_init(seed: int, key: str, restart: int, shape: tuple[int, ...]) -> torch.Tensor:
     """Unit-norm Gaussian noise from a generator seeded by (seed, key, restart) (CPU, float64)."""
     h = hashlib.sha256(f"{int(seed)}/{key}/{int(restart)}".encode()).digest()
     g = torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
@@ -437,6 +437,52 @@ def _noise(seed: int, key: str, restart: int, shape: tuple[int, ...]) -> torch.T
 
 def is_gray_feature(feature: torch.nn.Module) -> bool:
     return bool(getattr(feature, "grayscale", False)) or getattr(feature, "name", None) in GRAY_FEATURES
+
+
+def descend(x: torch.Tensor, step_eval, segments, *, optimizer: str = "momentum", momentum: float = MOMENTUM,
+            sigma: float = 1.0, project=None, log_every: int = 1) -> tuple[list, list[int], list[float]]:
+    """Minimise an energy over ``x`` (in place) following the schedule ``segments``.
+
+    ``step_eval(x) -> (grad, row)`` gives the gradient at ``x`` and a log row
+    (values of the iterate before the update).  ``segments`` are
+    ``(iterations, rate)`` pairs (:func:`make_schedule`).  ``momentum``:
+    gradient descent with momentum, reset when the rate changes (the authors'
+    ``invert_nn.m``); ``adam``: Adam with the rate in grey levels (divided by
+    ``sigma`` into normalised units).  ``project(x)``, if given, runs under
+    ``no_grad`` after every update (clamping, projection on a constraint).
+    Returns the logged rows (every ``log_every``-th iteration, from the
+    first), their 1-based iteration numbers and their rates.
+    """
+    rows, its, lrs = [], [], []
+    it = 0
+    if optimizer == "adam":
+        opt = torch.optim.Adam([x], lr=1.0)
+    else:
+        mom = torch.zeros_like(x)
+    for n_it, rate in segments:
+        if optimizer == "adam":
+            for grp in opt.param_groups:
+                grp["lr"] = rate / sigma  # grey levels -> normalised units
+        else:
+            mom.zero_()
+        for _ in range(n_it):
+            g, row = step_eval(x)
+            it += 1
+            if (it - 1) % log_every == 0:
+                rows.append(row)
+                its.append(it)
+                lrs.append(rate)
+            if optimizer == "adam":
+                x.grad = g
+                opt.step()
+            else:
+                with torch.no_grad():
+                    mom.mul_(momentum).sub_(g, alpha=rate)
+                    x.add_(mom)
+            if project is not None:
+                with torch.no_grad():
+                    project(x)
+    return rows, its, lrs
 
 
 def invert(
@@ -542,7 +588,7 @@ def invert(
         ref = reference if reference.shape[1] == channels else _match_channels(reference, channels)
         ref = ref.repeat_interleave(R, dim=0)
 
-    x0 = torch.stack([_noise(seed, k, r, (channels, H, W)) for k in keys for r in range(R)])
+    x0 = torch.stack([noise_init(seed, k, r, (channels, H, W)) for k in keys for r in range(R)])
     bound = None if clamp is None else clamp * B_RANGE / sigma
     if bound is not None:
         if not bound > 0:
@@ -563,41 +609,10 @@ def invert(
             row = torch.stack([energy, vals[0], vals[1], vals[2], pix], dim=1).detach()
         return g, row
 
-    rows, its, lrs = [], [], []
-    it = 0
-    if optimizer == "momentum":
-        mom = torch.zeros_like(x)
-        for n_it, rate in segments:
-            mom.zero_()  # invert_nn.m: reset the momentum when the rate changes
-            for _ in range(n_it):
-                g, row = evaluate(x, True)
-                it += 1
-                if (it - 1) % log_every == 0:
-                    rows.append(row)
-                    its.append(it)
-                    lrs.append(rate)
-                with torch.no_grad():
-                    mom.mul_(momentum).sub_(g, alpha=rate)
-                    x.add_(mom)
-                    if bound is not None:
-                        x.clamp_(-bound, bound)
-    else:
-        opt = torch.optim.Adam([x], lr=1.0)
-        for n_it, rate in segments:
-            for grp in opt.param_groups:
-                grp["lr"] = rate / sigma  # grey levels -> normalised units
-            for _ in range(n_it):
-                g, row = evaluate(x, True)
-                it += 1
-                if (it - 1) % log_every == 0:
-                    rows.append(row)
-                    its.append(it)
-                    lrs.append(rate)
-                x.grad = g
-                opt.step()
-                if bound is not None:
-                    with torch.no_grad():
-                        x.clamp_(-bound, bound)
+    project = None if bound is None else (lambda v: v.clamp_(-bound, bound))
+    rows, its, lrs = descend(x, lambda v: evaluate(v, True), segments, optimizer=optimizer,
+                             momentum=momentum, sigma=sigma, project=project, log_every=log_every)
+    it = sum(n for n, _ in segments)
     with torch.no_grad():
         _, row = evaluate(x, False)
     rows.append(row)

@@ -103,11 +103,12 @@ from pipeline.invert import (
     State,
     Term,
     TVNorm,
-    _noise,
+    descend,
     default_lambda_tv,
     default_schedule,
     is_gray_feature,
     make_schedule,
+    noise_init,
     scale_lambda,
     sigma_for,
 )
@@ -254,7 +255,7 @@ def activation_scale(feature: torch.nn.Module, images: torch.Tensor | None, imag
         H, W = image_size
         sigma = sigma_for(H, W)
         mean = torch.tensor([GRAY_MEAN] if channels == 1 else list(RGB_MEAN)).view(1, -1, 1, 1)
-        x = torch.stack([_noise(seed, "activation-scale", i, (channels, H, W)) for i in range(SCALE_SAMPLES)])
+        x = torch.stack([noise_init(seed, "activation-scale", i, (channels, H, W)) for i in range(SCALE_SAMPLES)])
         images = (sigma * x.float() + mean).clamp(0, 255)
     s2, n = 0.0, 0
     with torch.no_grad():
@@ -460,7 +461,7 @@ def preimage(
     if init == "image":
         x0 = rep((imgs - mean) / sigma)
     else:
-        x0 = torch.stack([_noise(seed, k, r, (channels, H, W)) for k in keys for r in range(R)])
+        x0 = torch.stack([noise_init(seed, k, r, (channels, H, W)) for k in keys for r in range(R)])
     x = x0.to(device=device, dtype=dtype).clone()
     if bound is not None:
         _project(x, bound, range_)
@@ -486,33 +487,10 @@ def preimage(
         s = torch.randint(-jitter, jitter + 1, (2,), generator=gen)
         return (int(s[0]), int(s[1]))
 
-    rows, its = [], []
-    it = 0
-    if optimizer == "adam":
-        opt = torch.optim.Adam([x], lr=1.0)
-    else:
-        mom = torch.zeros_like(x)
-    for n_it, rate in segments:
-        if optimizer == "adam":
-            for grp in opt.param_groups:
-                grp["lr"] = rate / sigma  # grey levels -> normalised units
-        else:
-            mom.zero_()
-        for _ in range(n_it):
-            g, row = evaluate(x, True, shift())
-            it += 1
-            if (it - 1) % log_every == 0:
-                rows.append(row)
-                its.append(it)
-            if optimizer == "adam":
-                x.grad = g
-                opt.step()
-            else:
-                with torch.no_grad():
-                    mom.mul_(momentum).sub_(g, alpha=rate)
-                    x.add_(mom)
-            if bound is not None:
-                _project(x, bound, range_)
+    project = None if bound is None else (lambda v: _project(v, bound, range_))
+    rows, its, _ = descend(x, lambda v: evaluate(v, True, shift()), segments, optimizer=optimizer,
+                           momentum=momentum, sigma=sigma, project=project, log_every=log_every)
+    it = sum(n for n, _ in segments)
     with torch.no_grad():
         _, row = evaluate(x, False)
     rows.append(row)

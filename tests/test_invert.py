@@ -140,7 +140,7 @@ def test_momentum_matches_hand_written_update():
     # redo by hand
     sigma = mv.sigma_for(16, 16)
     mean = torch.tensor(mv.RGB_MEAN).view(1, 3, 1, 1)
-    x = mv._noise(0, "k", 0, (3, 16, 16)).float()[None].requires_grad_(True)
+    x = mv.noise_init(0, "k", 0, (3, 16, 16)).float()[None].requires_grad_(True)
     phi0 = feat(img).detach()
     mu = torch.zeros_like(x)
     losses = []
