@@ -45,7 +45,7 @@ Conventions
   paired by position and must hold the same keys in the same order.  Images
   are read by random access into the tars (an index of member offsets), so
   a global per-epoch permutation works at ImageNet scale with DataLoader
-  workers; small datasets (``--in-memory auto``: under 2 GiB) are decoded
+  workers; small datasets (``--in-memory auto``: under 4 GiB) are decoded
   once into memory.  ``--shuffle-block K`` shuffles within groups of K
   shards (shard order permuted every epoch) for file-system locality.
   ``--on-the-fly`` computes the features on the training device with
@@ -91,7 +91,7 @@ from pipeline.shards import decode_image, index_shard
 from pipeline.store import FeatureStore, write_store
 
 DECODER_FORMAT = "pipeline-decoder/1"
-IN_MEMORY_LIMIT = 2 << 30  # bytes
+IN_MEMORY_LIMIT = 4 << 30  # bytes
 SCALE_SAMPLES = 512
 PAPER_MS_PER_IMAGE = 5.0  # seed 000: "roughly 5 ms per image on a GPU"
 
@@ -111,7 +111,7 @@ class PairedData(torch.utils.data.Dataset):
 
     ``data[i] -> (image uint8 (H, W, 3), features float32 (D, h, w) or None)``.
     ``in_memory``: True, False or "auto" (decode everything at once when the
-    images and features take under 2 GiB).
+    images and features take under 4 GiB).
     """
 
     def __init__(self, image_shards, feature_stores=None, in_memory="auto"):
@@ -160,7 +160,8 @@ class PairedData(torch.utils.data.Dataset):
         self.image_size = tuple(first.shape[:2])
         self.images = self.features = None
         if in_memory == "auto":
-            d = math.prod(self.feature_shape) * 4 if self.feature_shape else 0
+            itemsize = 2 if store_dtype == np.float16 else 4  # as _preload keeps them
+            d = math.prod(self.feature_shape) * itemsize if self.feature_shape else 0
             in_memory = len(self) * (first.size + d) <= IN_MEMORY_LIMIT
         self.in_memory = bool(in_memory)
         if self.in_memory:
@@ -220,11 +221,11 @@ class PairedData(torch.utils.data.Dataset):
             self.images[i] = self._read_image(*self.locate(i))
         if self.feature_stores is not None:
             dt = np.float16 if store_dtype == np.float16 else np.float32
-            parts = []
-            for p in self.feature_stores:
+            self.features = np.empty((len(self), *self.feature_shape), dt)
+            for s, p in enumerate(self.feature_stores):
                 with FeatureStore(p) as fs:
-                    parts.append(fs.all().astype(dt).reshape(-1, *self.feature_shape))
-            self.features = np.concatenate(parts)
+                    a, b = self._starts[s], self._starts[s + 1]
+                    self.features[a:b] = fs.all().astype(dt, copy=False).reshape(b - a, *self.feature_shape)
         self.close()
 
     def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor | None]:

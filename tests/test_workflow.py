@@ -81,6 +81,26 @@ def test_missing_imagefolder_root_fails_at_once_naming_the_path(tmp_path):
     assert "dataset.imagefolder.root" in out and "no_imagenet_here" in out
 
 
+def test_decoder_overrides_reach_only_their_representation(tmp_path):
+    cfg = tmp_path / "over.yaml"
+    cfg.write_text("decoders:\n  epochs: 2\n  image_size: 32\n  overrides:\n    sift: {steps: 7, width: 0.5}\n")
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "results/models/sift/decoder.pt",
+                     "results/models/hog/decoder.pt", "--configfile", str(cfg))
+    cmds = {line.split("--representation ")[1].split()[0]: line
+            for line in proc.stdout.splitlines() if "pipeline train --representation" in line}
+    assert "--steps 7" in cmds["sift"] and "--width 0.5" in cmds["sift"] and "--epochs" not in cmds["sift"]
+    assert "--epochs 2" in cmds["hog"] and "--width 0.5" not in cmds["hog"] and "--steps" not in cmds["hog"]
+    assert all("--image-size 32" in c for c in cmds.values())
+
+
+def test_decoder_override_of_unknown_representation_is_named(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("decoders:\n  overrides:\n    sfit: {steps: 7}\n")
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(cfg), check=False)
+    assert proc.returncode != 0
+    assert "decoders.overrides.sfit" in proc.stderr + proc.stdout
+
+
 @pytest.mark.slow
 def test_data_stage_runs_on_the_test_config(tmp_path):
     targets = ["data/shards/32px/train/manifest.json", "data/shards/32px/val/manifest.json"]

@@ -49,6 +49,10 @@ def _check_config():
     for layer in config["decoders"]["alexnet_layers"] + config["decoders"]["autoencoder_layers"] + config["mv"]["alexnet_layers"]:
         if layer not in config["alexnet"]["layers"]:
             raise ValueError(f"decoders/mv: AlexNet layer {layer!r} is not in alexnet.layers {config['alexnet']['layers']}")
+    known = set(config["representations"]) | {f"alexnet_{l}" for l in config["alexnet"]["layers"]}
+    for rep in config["decoders"]["overrides"]:
+        if rep not in known:
+            raise ValueError(f"decoders.overrides.{rep}: not a representation ({sorted(known)})")
     for name in config["representations"]:
         if not name.replace("_", "").isalnum() or name.startswith("alexnet"):
             raise ValueError(
@@ -130,11 +134,22 @@ def train_inputs(w):
     return inputs
 
 
-def decoder_params():
-    d = config["decoders"]
+def decoder_settings(rep):
+    """decoders.* with decoders.overrides[rep] applied (steps given there win over epochs)."""
+    d = dict(config["decoders"])
+    over = d.pop("overrides").get(rep, {})
+    if "epochs" in over and "steps" not in over:
+        d["steps"] = None
+    d.update(over)
+    return d
+
+
+def decoder_params(rep):
+    d = decoder_settings(rep)
     length = f"--steps {d['steps']}" if d["steps"] else f"--epochs {d['epochs']}"
+    size = f" --image-size {d['image_size']}" if d["image_size"] else ""
     return (
-        f"--width {d['width']} {length} --batch-size {d['batch_size']} --lr {d['lr']}"
+        f"--width {d['width']} {length} --batch-size {d['batch_size']} --lr {d['lr']}{size}"
         f" --lr-milestones {' '.join(str(m) for m in d['lr_milestones'])} --lr-gamma {d['lr_gamma']}"
         f" --checkpoint-every {d['checkpoint_every']} --device {d['device']} --amp {d['amp']}"
         f" --workers {d['workers']} --seed {config['seed']}"

@@ -10,7 +10,7 @@ rule train_decoder:
         config="results/models/{rep}/config.json",
         metrics="results/models/{rep}/metrics.csv",
     params:
-        hyper=decoder_params(),
+        hyper=lambda w: decoder_params(w.rep),
         features=lambda w: features_arg(w.rep, "train"),
     log:
         "logs/train_decoder/{rep}.log",
@@ -37,7 +37,7 @@ rule train_autoencoder:
         config="results/models/autoencoder/alexnet_{layer}/config.json",
         metrics="results/models/autoencoder/alexnet_{layer}/metrics.csv",
     params:
-        hyper=decoder_params(),
+        hyper=lambda w: decoder_params(f"alexnet_{w.layer}"),
         fparams=lambda w: as_json(REPS[f"alexnet_{w.layer}"]["params"]),
     log:
         "logs/train_autoencoder/{layer}.log",
