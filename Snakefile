@@ -5,9 +5,13 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# The default config sits beside this file, so `--directory` can point anywhere;
-# `--configfile other.yaml` replaces it (e.g. config/imagenet.yaml).
-configfile: workflow.source_path("config/config.yaml")
+# The default config sits beside this file, so `--directory` can point anywhere.
+# `--configfile other.yaml` (e.g. config/imagenet.yaml) replaces it instead of
+# being merged into it (Snakemake's default), so that no sample-sized setting
+# leaks into another run; missing keys take the schema's defaults.
+if not workflow.overwrite_configfiles:
+
+    configfile: workflow.source_path("config/config.yaml")
 
 
 include: "workflow/rules/common.smk"

@@ -41,9 +41,9 @@ def job_counts(stdout: str) -> dict[str, int]:
 def test_dry_run_of_all_targets_default_config(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "1")
     counts = job_counts(proc.stdout)
-    # config/config.yaml: 4 train + 1 val shards, one image size (64 px)
+    # config/config.yaml: 4 train + 1 val shards at two image sizes (shallow 128 px, AlexNet 64 px)
     assert counts["list_images"] == 2
-    assert counts["make_shard"] == 4 + 1
+    assert counts["make_shard"] == 2 * (4 + 1)
     # stores for the decoders' representations: hog, sift, lbp + 8 AlexNet layers, every shard
     assert counts["extract_features"] == (3 + 8) * 5
     assert counts["train_decoder"] == 3 + 8
@@ -82,23 +82,43 @@ def test_missing_imagefolder_root_fails_at_once_naming_the_path(tmp_path):
 
 
 def test_decoder_overrides_reach_only_their_representation(tmp_path):
+    import yaml
+
+    full = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    full["decoders"].update(epochs=2, image_size=32, overrides={"sift": {"steps": 7, "width": 0.5}})
     cfg = tmp_path / "over.yaml"
-    cfg.write_text("decoders:\n  epochs: 2\n  image_size: 32\n  overrides:\n    sift: {steps: 7, width: 0.5}\n")
+    cfg.write_text(yaml.safe_dump(full))
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "results/models/sift/decoder.pt",
                      "results/models/hog/decoder.pt", "--configfile", str(cfg))
     cmds = {line.split("--representation ")[1].split()[0]: line
             for line in proc.stdout.splitlines() if "pipeline train --representation" in line}
     assert "--steps 7" in cmds["sift"] and "--width 0.5" in cmds["sift"] and "--epochs" not in cmds["sift"]
-    assert "--epochs 2" in cmds["hog"] and "--width 0.5" not in cmds["hog"] and "--steps" not in cmds["hog"]
+    assert "--epochs 2" in cmds["hog"] and "--width 0.25" in cmds["hog"] and "--steps" not in cmds["hog"]
     assert all("--image-size 32" in c for c in cmds.values())
 
 
 def test_decoder_override_of_unknown_representation_is_named(tmp_path):
+    import yaml
+
+    full = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    full["decoders"]["overrides"] = {"sfit": {"steps": 7}}
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text("decoders:\n  overrides:\n    sfit: {steps: 7}\n")
+    cfg.write_text(yaml.safe_dump(full))
     proc = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(cfg), check=False)
     assert proc.returncode != 0
     assert "decoders.overrides.sfit" in proc.stderr + proc.stdout
+
+
+def test_configfile_replaces_the_default_config_instead_of_merging(tmp_path):
+    # a config without decoders.overrides must not inherit the sample config's
+    cfg = tmp_path / "plain.yaml"
+    cfg.write_text("representations:\n  hog: {feature: hog, image_size: 64}\ndecoders:\n  train: [hog]\n"
+                   "  alexnet_layers: []\n  autoencoder_layers: []\nalexnet:\n  layers: []\n"
+                   "mv:\n  representations: [hog]\n  alexnet_layers: []\n")
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "results/models/hog/decoder.pt",
+                     "--configfile", str(cfg))
+    line = next(li for li in proc.stdout.splitlines() if "pipeline train --representation hog" in li)
+    assert "--epochs 15" in line and "--steps" not in line and "--width 1.0" in line  # schema defaults
 
 
 @pytest.mark.slow
