@@ -536,12 +536,12 @@ def invert(
     fname = str(getattr(feature, "name", type(feature).__name__))
     fparams = dict(getattr(feature, "params", {}) or {})
 
-    target = _as_images(target) if image_size is None else torch.as_tensor(target)
+    target = as_images(target) if image_size is None else torch.as_tensor(target)
     target = target.to(device=device, dtype=dtype)
     if reference is None and image_size is None:
         reference = target
     if reference is not None:
-        reference = _as_images(reference).to(device=device, dtype=dtype)
+        reference = as_images(reference).to(device=device, dtype=dtype)
     if image_size is None:
         H, W = target.shape[-2:]
         with torch.no_grad():
@@ -646,14 +646,14 @@ def _module_device(m: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _as_images(x) -> torch.Tensor:
+def as_images(x) -> torch.Tensor:
     """(N, C, H, W) float tensor from a tensor, or from an (N, H, W, C) uint8 array."""
     if isinstance(x, np.ndarray):
         if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         x = torch.from_numpy(np.asarray(x, dtype=np.float32))
     if x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"target images must be (N, 1|3, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(f"images must be (N, 1|3, H, W) or (N, H, W, 1|3), got shape {tuple(x.shape)}")
     return x.float() if not x.is_floating_point() else x
 
 

@@ -103,6 +103,7 @@ from pipeline.invert import (
     State,
     Term,
     TVNorm,
+    as_images,
     descend,
     default_lambda_tv,
     default_schedule,
@@ -294,16 +295,6 @@ class PreimageLog:
         return v[np.arange(len(self.best)), self.best]
 
 
-def _as_images(x) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-            x = x.transpose(0, 3, 1, 2)
-        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    if x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"images must be (N, 1|3, H, W) or (N, H, W, 1|3), got shape {tuple(x.shape)}")
-    return x.float()
-
-
 def _project(x: torch.Tensor, bound: float, range_: str) -> None:
     with torch.no_grad():
         if range_ == "alpha":
@@ -387,7 +378,7 @@ def preimage(
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
 
-    imgs = None if images is None else _as_images(images).to(device=device, dtype=dtype)
+    imgs = None if images is None else as_images(images).to(device=device, dtype=dtype)
     if imgs is not None and imgs.shape[1] != channels:
         from pipeline.features import to_gray
 
