@@ -169,6 +169,30 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(data, one_thread):
     assert float(norm) > 1e-3 and float(grads.norm()) == pytest.approx(1e-3, rel=1e-3)
 
 
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_and_channels_last_steps_track_float32(data, one_thread, amp_dtype):
+    """The GPU code path (autocast, GradScaler for fp16, channels_last), run on CPU."""
+    ds = PairedData(data["shards"][:1], data["stores"][:1])
+    imgs, feats = ds.get_batch(np.arange(8))
+    runs = {}
+    for name, dtype, cl in (("fp32", None, False), ("mixed", amp_dtype, True)):
+        torch.manual_seed(0)
+        dec = build_decoder("hog", (1, 4, 4), SIZE, width=0.25)
+        dec.in_scale.fill_(1 / float(feats.pow(2).mean().sqrt()))
+        model = InversionModel(dec)
+        if cl:
+            model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999))
+        scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16, init_scale=2.0**10)
+        runs[name] = [float(train_step(model, opt, scaler, imgs, feats, dec.native_size, dtype, cl)[0])
+                      for _ in range(40)]
+    fp32, mixed = runs["fp32"], runs["mixed"]
+    assert mixed != fp32  # autocast did run in reduced precision
+    assert mixed[0] == pytest.approx(fp32[0], rel=2e-2)
+    assert mixed[-1] < 0.75 * mixed[0]
+    assert mixed[-1] == pytest.approx(fp32[-1], rel=0.05)
+
+
 def test_train_writes_weights_config_and_metrics(trained, data):
     cfg = json.loads((trained / "config.json").read_text())
     assert cfg["finished"] and cfg["steps_done"] == cfg["total_steps"] == 6
