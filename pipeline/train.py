@@ -426,6 +426,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (when not in memory)")
     p.add_argument("--in-memory", default="auto", choices=("auto", "yes", "no"))
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    p.add_argument("--restart-if-changed", action="store_true",
+                   help="start over when the checkpoint comes from other settings or other data files "
+                        "(default: fail and say what differs); the workflow's rules pass it")
     # tests: send this process --kill-signal (KILL or TERM) right after step --kill-at-step
     p.add_argument("--kill-at-step", type=int, help=argparse.SUPPRESS)
     p.add_argument("--kill-signal", default="KILL", choices=("KILL", "TERM"), help=argparse.SUPPRESS)
@@ -489,6 +492,16 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 _IDENTITY = ("representation", "kind", "width", "in_shape", "out_size", "native_size", "images", "features",
              "feature", "finetune_encoder", "total_steps", "batch_size", "lr", "betas", "lr_milestones",
              "lr_gamma", "clip_grad", "seed", "shuffle_block", "world_size", "n_train")
+
+
+def file_fingerprints(paths) -> list[list]:
+    """``[path, size, mtime_ns]`` of each file: a shard or store rewritten since a
+    checkpoint (even with the same name and size) no longer matches it."""
+    out = []
+    for p in paths:
+        st = os.stat(p)
+        out.append([str(p), st.st_size, st.st_mtime_ns])
+    return out
 
 
 def _save_torch(path, obj) -> None:
@@ -661,14 +674,24 @@ def train(args) -> dict:
 
     ckpt_path = out / "checkpoint.pt"
     step, rows, acc = 0, [], {"loss": 0.0, "n": 0, "gmax": 0.0}
+    data_files = file_fingerprints(list(args.images) + list(args.features or []))
+    ck = None
     if ckpt_path.exists() and not args.restart:
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         diff = [k for k in _IDENTITY if ck["config"].get(k) != cfg.get(k)]
-        if diff:
-            raise ValueError(
-                f"{ckpt_path} was written by a different configuration ({', '.join(diff)} differ); "
-                "rerun with --restart to start over"
-            )
+        changed = [f[0] for f, g in zip(data_files, ck.get("data_files") or []) if f != g]
+        if len(data_files) != len(ck.get("data_files") or []):
+            changed = ["the list of data files"]
+        why = (f"a different configuration ({', '.join(diff)} differ)" if diff else
+               f"other data (rewritten since: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''})"
+               if changed else None)
+        if why and args.restart_if_changed:
+            if rank == 0:
+                print(f"{ckpt_path} was written by {why}: starting over", flush=True)
+            ck = None
+        elif why:
+            raise ValueError(f"{ckpt_path} was written by {why}; rerun with --restart to start over")
+    if ck is not None:
         decoder.load_state_dict(ck["decoder"])
         if ck.get("encoder") is not None:
             encoder.load_state_dict(ck["encoder"])
@@ -699,7 +722,7 @@ def train(args) -> dict:
             "step": step, "config": cfg, "decoder": decoder.state_dict(),
             "encoder": encoder.state_dict() if args.finetune_encoder else None,
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_states(),
-            "metrics": rows, "acc": acc,
+            "metrics": rows, "acc": acc, "data_files": data_files,
         }
         _save_torch(ckpt_path, state)
         _write_metrics(out / "metrics.csv", rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -113,10 +114,10 @@ def data(tmp_path_factory):
             "val_store": str(d / "val-avg-0.h5")}
 
 
-def _args(data, out, *extra, steps=6):
+def _args(data, out, *extra, steps=6, lr=1e-3):
     return ["train", "--representation", "hog", "--images", *data["shards"], "--out", str(out),
             "--width", "0.125", "--batch-size", "8", "--steps", str(steps), "--checkpoint-every", "4",
-            "--log-every", "1", "--threads", "1", "--seed", "3", *extra]
+            "--log-every", "1", "--threads", "1", "--seed", "3", "--lr", str(lr), *extra]
 
 
 def _state(path):
@@ -242,6 +243,32 @@ def test_resume_after_kill_gives_identical_weights(data, tmp_path, one_thread):
     args[args.index("--seed") + 1] = "4"
     with pytest.raises(ValueError, match="seed"):
         main(args)
+
+
+def test_a_checkpoint_from_other_settings_or_rewritten_data_is_not_resumed(data, tmp_path, one_thread):
+    """A config or data change reruns the rule; the checkpoint left by the old run must not be resumed."""
+    fresh = tmp_path / "fresh"
+    assert main(_args(data, fresh, "--features", *data["stores"], steps=5)) == 0
+    out = tmp_path / "run"
+    assert main(_args(data, out, "--features", *data["stores"], steps=5, lr=3e-3)) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 5
+    with pytest.raises(ValueError, match=r"checkpoint\.pt was written by a different configuration \(lr differ"):
+        main(_args(data, out, "--features", *data["stores"], steps=5))
+    assert main(_args(data, out, "--features", *data["stores"], "--restart-if-changed", steps=5)) == 0
+    for k, v in _state(fresh).items():
+        assert torch.equal(v, _state(out)[k]), k
+    # same settings, same names, but a store rewritten since (as a rerun of extract_features does)
+    copies = []
+    for i, src in enumerate(data["stores"]):
+        copies.append(str(tmp_path / f"store{i}.h5"))
+        shutil.copy(src, copies[-1])
+    again = tmp_path / "again"
+    assert main(_args(data, again, "--features", *copies, steps=5)) == 0
+    st = os.stat(copies[1])
+    os.utime(copies[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(ValueError, match=r"written by other data \(rewritten since: .*store1\.h5"):
+        main(_args(data, again, "--features", *copies, steps=5))
+    assert main(_args(data, again, "--features", *copies, "--restart-if-changed", steps=5)) == 0
 
 
 def test_key_mismatch_is_reported_with_the_files(data, tmp_path):

@@ -25,7 +25,8 @@ rule train_decoder:
         mem_mb=32000,
     shell:
         "python -m pipeline train --representation {wildcards.rep} --images {input.images}"
-        " {params.features} {params.hyper} --threads {threads} --out results/models/{wildcards.rep}"
+        " {params.features} {params.hyper} --threads {threads} --restart-if-changed"
+        " --out results/models/{wildcards.rep}"
         " > {log} 2>&1"
 
 
@@ -53,7 +54,8 @@ rule train_autoencoder:
     shell:
         "python -m pipeline train --representation alexnet_{wildcards.layer} --images {input.images}"
         " --on-the-fly --feature alexnet --params {params.fparams} --finetune-encoder"
-        " {params.hyper} --threads {threads} --out results/models/autoencoder/alexnet_{wildcards.layer}"
+        " {params.hyper} --threads {threads} --restart-if-changed"
+        " --out results/models/autoencoder/alexnet_{wildcards.layer}"
         " > {log} 2>&1"
 
 
