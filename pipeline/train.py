@@ -491,7 +491,7 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 # keys of config.json that must match to resume a run
 _IDENTITY = ("representation", "kind", "width", "in_shape", "out_size", "native_size", "images", "features",
              "feature", "finetune_encoder", "total_steps", "batch_size", "lr", "betas", "lr_milestones",
-             "lr_gamma", "clip_grad", "seed", "shuffle_block", "world_size", "n_train")
+             "lr_gamma", "clip_grad", "seed", "shuffle_block", "world_size", "n_train", "parameter_shapes")
 
 
 def file_fingerprints(paths) -> list[list]:
@@ -663,6 +663,8 @@ def train(args) -> dict:
         "target": "shard image resized (bilinear, antialiased) to native_size",
         "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
         "in_memory": data.in_memory, "torch": torch.__version__, "pipeline": __version__,
+        # the architecture as built: a checkpoint of another one is not resumed
+        "parameter_shapes": {k: list(v.shape) for k, v in decoder.state_dict().items()},
     }
 
     params = [{"params": list(decoder.parameters())}]

@@ -138,6 +138,21 @@ def test_two_stream_depth_follows_the_cell_size():
     assert tiny.n_down == 1  # limited by the 2x2 grid
 
 
+def test_sift_bottleneck_stops_at_4x4():
+    with torch.device("meta"):
+        paper = build_decoder("sift", (133, 64, 64), 256)
+        paper227 = build_decoder("sift", (133, 57, 57), 227)
+        sample = build_decoder("sift", (133, 32, 32), 64, width=0.25)
+        small = build_decoder("sift", (133, 3, 3), 12)
+    # the paper's four stride-2 convolutions (64 -> 4, 57 -> 4) are kept
+    assert paper.n_down == paper227.n_down == 4
+    # at 128 px (grid 32), 1/64 of the image would be 2x2; the map stops at 4x4
+    assert sample.n_down == 3
+    shapes = dict(layer_shapes(sample))
+    assert shapes["conv6"] == (256, 4, 4)  # 1024 channels at width 0.25
+    assert small.n_down == 0 and small.native_size == (12, 12)
+
+
 def test_grids_that_are_not_powers_of_two():
     # HOG at 227 px: rounded grid 28 -> 224 native; SIFT ceil grid 57 -> 228
     for kind, in_shape, size, native in [("hog", (31, 28, 28), 227, 224), ("sift", (133, 57, 57), 227, 228),

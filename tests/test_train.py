@@ -257,6 +257,14 @@ def test_a_checkpoint_from_other_settings_or_rewritten_data_is_not_resumed(data,
     assert main(_args(data, out, "--features", *data["stores"], "--restart-if-changed", steps=5)) == 0
     for k, v in _state(fresh).items():
         assert torch.equal(v, _state(out)[k]), k
+    # same settings, but the checkpoint holds another architecture (one written by
+    # an earlier version of the decoder code): refused, not loaded into the wrong shapes
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    ck["step"] = 3
+    ck["config"]["parameter_shapes"] = {"head.weight": [3, 8, 4, 4]}
+    torch.save(ck, out / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"different configuration \(parameter_shapes differ"):
+        main(_args(data, out, "--features", *data["stores"], steps=5))
     # same settings, same names, but a store rewritten since (as a rerun of extract_features does)
     copies = []
     for i, src in enumerate(data["stores"]):
