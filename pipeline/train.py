@@ -851,7 +851,13 @@ def load_model(path, device="cpu") -> tuple[Decoder, nn.Module | None, dict]:
     if not isinstance(payload, dict) or payload.get("format") != DECODER_FORMAT:
         raise ValueError(f"{file}: not a decoder file written by pipeline.train")
     decoder = decoder_from_args(payload["build_args"])
-    decoder.load_state_dict(payload["state_dict"])
+    try:
+        decoder.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:  # written by a version of pipeline.decoders that built another architecture
+        detail = (str(e).splitlines()[1:] or [str(e)])[0].strip()
+        raise ValueError(f"{file}: its weights do not fit the {type(decoder).__name__} that this version of "
+                         f"pipeline.decoders builds for {payload['build_args']} ({detail}); retrain it, "
+                         "e.g. snakemake <target> -R train_decoder") from None
     encoder = None
     if payload.get("encoder_state_dict") is not None:
         from pipeline.features import get_feature

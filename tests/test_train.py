@@ -214,6 +214,15 @@ def test_train_writes_weights_config_and_metrics(trained, data):
     assert not list(trained.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
+def test_weights_of_another_architecture_are_reported_with_the_file(trained, tmp_path):
+    payload = torch.load(trained / "decoder.pt", weights_only=False)
+    name = next(k for k, v in payload["state_dict"].items() if v.ndim == 4)
+    payload["state_dict"][name] = torch.zeros(2, 2, 2, 2)  # as an earlier decoder layout would have it
+    torch.save(payload, tmp_path / "decoder.pt")
+    with pytest.raises(ValueError, match=r"decoder\.pt: its weights do not fit the TwoStreamDecoder .*retrain"):
+        load_decoder(tmp_path / "decoder.pt")
+
+
 def test_resume_after_kill_gives_identical_weights(data, tmp_path, one_thread):
     straight = tmp_path / "straight"
     assert main(_args(data, straight, "--features", *data["stores"], steps=9)) == 0
