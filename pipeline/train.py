@@ -607,7 +607,9 @@ def train(args) -> dict:
     if args.batch_size < 1 or args.batch_size % world:
         raise ValueError(f"--batch-size {args.batch_size} must be a positive multiple of the {world} processes")
     if args.deterministic:
-        torch.use_deterministic_algorithms(True)
+        # warn_only: some CUDA backward kernels have no deterministic version
+        # (adaptive average pooling in AlexNet, for the autoencoder); they warn
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True

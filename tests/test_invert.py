@@ -263,3 +263,20 @@ def test_cli_writes_store_and_log(tmp_path):
     single, _ = mv.invert(feat, torch.from_numpy(imgs[2].transpose(2, 0, 1)[None].astype(np.float32)),
                           keys=["k2"], iterations=6, restarts=2, seed=3)
     np.testing.assert_allclose(allrec[2], single[0].numpy(), atol=0.25)  # float16 store
+
+
+def test_dsift_gradient_is_finite_where_gx_equals_gy():
+    """DSIFT's orientation binning divided both ways and selected with torch.where: where
+    gx = |gy| (saturated or ramp regions, common once the iterate is clamped to [0, 255]) the
+    unused branch divided by zero and every gradient of the inversion became NaN (Table 1's
+    DSIFT row was NaN on the sample data)."""
+    i, j = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    ramp = (2 * (i + j)).expand(1, 3, 48, 48).clone().requires_grad_(True)
+    crops = [np.asarray(getattr(skdata, n)())[100:164, 200:264] for n in ("astronaut", "coffee", "chelsea")]
+    photos = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().clamp(20, 235).requires_grad_(True)
+    feat = get_feature("dsift")
+    for x in (ramp, photos):
+        feat(x).pow(2).sum().backward()
+        assert torch.isfinite(x.grad).all()
+    rec, log = mv.invert(feat, photos.detach(), iterations=8, seed=0)
+    assert torch.isfinite(rec).all() and np.isfinite(log.values["feature_loss"]).all()

@@ -41,7 +41,10 @@ def fast_atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     c3, c1 = 0.1821, 0.9675
     ay = y.abs() + VL_EPSILON_F
     pos = x >= 0
-    r = torch.where(pos, (x - ay) / (x + ay), (x + ay) / (ay - x))
+    # one division with a denominator >= |y| + eps on both branches: dividing
+    # both ways and selecting with torch.where gives a NaN gradient where the
+    # unused branch's denominator is zero (x = +-(|y| + eps))
+    r = torch.where(pos, x - ay, x + ay) / torch.where(pos, x + ay, ay - x)
     base = torch.where(pos, torch.full_like(x, math.pi / 4), torch.full_like(x, 3 * math.pi / 4))
     angle = base + (c3 * r * r - c1) * r
     return torch.where(y < 0, -angle, angle)
