@@ -2,7 +2,7 @@
 ratios against a reference measured in the same run (never timed asserts).
 
 Each benchmark lives beside the code it measures:
-data -> pipeline.data.bench_data, features -> pipeline.features.bench.bench_features,
+data -> pipeline.data.bench.bench_data, features -> pipeline.features.bench.bench_features,
 train -> pipeline.train.bench_train, invert -> pipeline.invert.bench_invert,
 evaluate -> pipeline.evaluate.bench_evaluate.
 """
@@ -12,7 +12,7 @@ import argparse
 import importlib
 
 BENCHMARKS = {
-    "data": ("pipeline.data", "bench_data"),
+    "data": ("pipeline.data.bench", "bench_data"),
     "features": ("pipeline.features.bench", "bench_features"),
     "train": ("pipeline.train", "bench_train"),
     "invert": ("pipeline.invert", "bench_invert"),

@@ -12,11 +12,11 @@ import sys
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "list-images": ("pipeline.data", "list a split's images (the index shard jobs read)"),
-    "make-shard": ("pipeline.data", "write one WebDataset image shard of a split"),
-    "manifest": ("pipeline.data", "merge per-shard manifests of a split"),
-    "extract": ("pipeline.extract", "compute one feature store for one image shard"),
-    "store": ("pipeline.extract", "inspect feature stores (store info PATH)"),
+    "list-images": ("pipeline.data.commands", "list a split's images (the index shard jobs read)"),
+    "make-shard": ("pipeline.data.commands", "write one WebDataset image shard of a split"),
+    "manifest": ("pipeline.data.commands", "merge per-shard manifests of a split"),
+    "extract": ("pipeline.features.extract", "compute one feature store for one image shard"),
+    "store": ("pipeline.features.extract", "inspect feature stores (store info PATH)"),
     "train": ("pipeline.train", "train an up-convolutional decoder"),
     "reconstruct": ("pipeline.train", "reconstruct validation images with a trained decoder"),
     "invert-mv": ("pipeline.invert", "Mahendran & Vedaldi optimisation inversion"),

@@ -336,7 +336,7 @@ def compute_mean_image(shards: Sequence, size=None) -> tuple[np.ndarray, int]:
     Images of another size than ``size`` ((H, W); default: the first image's)
     are resized bilinearly (antialiased) first.  Streams the shards.
     """
-    from pipeline.shards import read_shard
+    from pipeline.data.shards import read_shard
 
     acc, n = None, 0
     for path in shards:
@@ -660,7 +660,7 @@ class TestSet:
 
     @classmethod
     def load(cls, shards: Sequence, max_images: int | None = None) -> "TestSet":
-        from pipeline.shards import load_shard_arrays
+        from pipeline.data.shards import load_shard_arrays
 
         keys, arrays = [], []
         for s in shards:

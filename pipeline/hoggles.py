@@ -197,7 +197,7 @@ def _shard_image_count(path, max_images: int | None) -> int:
     """Images in a shard, from the tar's member names (no decoding)."""
     import tarfile
 
-    from pipeline.shards import IMAGE_EXTS
+    from pipeline.data.shards import IMAGE_EXTS
 
     try:
         with tarfile.open(path, "r") as tar:
@@ -221,7 +221,7 @@ def _image_source(images, max_images: int | None = None, batch: int = 16):
                 yield gray[s: s + batch]
 
         return len(gray), tuple(gray.shape[-2:]), it
-    from pipeline.shards import read_shard
+    from pipeline.data.shards import read_shard
 
     paths = [str(p) for p in images]
     counts = [_shard_image_count(p, max_images) for p in paths]
@@ -527,7 +527,7 @@ def run_train(args) -> int:
 def run_invert(args) -> int:
     from pipeline.features import get_feature
     from pipeline.io import sha256_file
-    from pipeline.shards import load_shard_arrays
+    from pipeline.data.shards import load_shard_arrays
     from pipeline.store import write_store
 
     if len(args.out) != len(args.shard):

@@ -712,7 +712,7 @@ def _device(name: str) -> torch.device:
 def run(args) -> int:
     from pipeline.features import get_feature
     from pipeline.io import atomic_path, sha256_file
-    from pipeline.shards import load_shard_arrays
+    from pipeline.data.shards import load_shard_arrays
     from pipeline.store import write_store
 
     if len(args.out) != len(args.shard):
@@ -870,7 +870,7 @@ def _bench_hoggles(size: int, atoms_list, devices) -> list[tuple[str, str, int, 
     """Seconds per image of HOGgles inversion at size x size (ihog's 'fast' dictionaries:
     random training pairs as atoms, which code like learned ones)."""
     from pipeline import hoggles as hg
-    from pipeline.data import load_sample_photo, SAMPLE_PHOTOS
+    from pipeline.data.sample import load_sample_photo, SAMPLE_PHOTOS
     from pipeline.features import get_feature
 
     hog = get_feature("hog")

@@ -641,7 +641,7 @@ def _run_mask(args) -> int:
 def run(args) -> int:
     from pipeline.features import get_feature
     from pipeline.io import sha256_file
-    from pipeline.shards import load_shard_arrays
+    from pipeline.data.shards import load_shard_arrays
     from pipeline.store import write_store
 
     if args.threads:

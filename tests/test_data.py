@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import data
-from pipeline.shards import read_shard
+from pipeline.data.commands import build_index, make_shard, merge_manifests
+from pipeline.data.imagefolder import load_image_file
+from pipeline.data.sample import load_sample_photo
+from pipeline.data.shards import read_shard
 
 SAMPLE_CFG = {
     "val_photos": ["astronaut", "chelsea", "coffee"],
@@ -44,11 +46,11 @@ def dataset_cfg(**over):
 
 
 def build(tmp: Path, cfg: dict, split: str, size: int = 32, n_shards: int = 2, seed: int = 0):
-    index = {"split": split, "seed": seed, "dataset": cfg, "entries": data.build_index(cfg, split, seed)}
+    index = {"split": split, "seed": seed, "dataset": cfg, "entries": build_index(cfg, split, seed)}
     out = []
     for k in range(n_shards):
         tar, man = tmp / f"{split}-{k}.tar", tmp / f"{split}-{k}.json"
-        data.make_shard(index, k, n_shards, size, tar, man, cfg["format"])
+        make_shard(index, k, n_shards, size, tar, man, cfg["format"])
         out.append((tar, man))
     return index, out
 
@@ -95,7 +97,7 @@ def test_sample_shards_are_byte_identical_across_builds(tmp_path):
 def test_unknown_val_photo_names_the_key():
     cfg = dataset_cfg(sample=dict(SAMPLE_CFG, val_photos=["astronaut", "nosuchphoto"]))
     with pytest.raises(ValueError, match=r"dataset\.sample\.val_photos.*nosuchphoto"):
-        data.build_index(cfg, "val", 0)
+        build_index(cfg, "val", 0)
 
 
 # ------------------------------------------------------- image folders, bad files
@@ -118,7 +120,7 @@ def imagenet_like(tmp_path):
     """An ImageNet-shaped tree with every kind of awkward file."""
     rng = np.random.default_rng(0)
     root = tmp_path / "imagenet"
-    photo = data.load_sample_photo("astronaut")
+    photo = load_sample_photo("astronaut")
     good = {}
 
     def put(rel, payload):
@@ -198,7 +200,7 @@ def test_imagefolder_keeps_every_good_image_and_names_every_bad_one(tmp_path, im
     sixteen = next(s for s in samples if s.key == "n0002__sixteen")
     assert 20 < sixteen.image.mean() < 235 and sixteen.image.std() > 10
     # merged manifest counts
-    merged = data.merge_manifests([str(m) for _, m in shards], tmp_path / "manifest.json")
+    merged = merge_manifests([str(m) for _, m in shards], tmp_path / "manifest.json")
     assert merged["images"] == len(good) and merged["skipped_count"] == len(bad)
 
 
@@ -216,8 +218,8 @@ def test_imagefolder_max_images_is_deterministic(tmp_path, imagenet_like):
     root, *_ = imagenet_like
     cfg = dataset_cfg(source="imagefolder")
     cfg["imagefolder"].update(root=str(root), max_images={"train": 5, "val": None})
-    a = data.build_index(cfg, "train", 0)
-    b = data.build_index(cfg, "train", 0)
+    a = build_index(cfg, "train", 0)
+    b = build_index(cfg, "train", 0)
     assert len(a) == 5 and a == b
 
 
@@ -225,19 +227,19 @@ def test_missing_or_empty_root_fails_naming_the_path(tmp_path):
     cfg = dataset_cfg(source="imagefolder")
     cfg["imagefolder"]["root"] = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        data.build_index(cfg, "train", 0)
+        build_index(cfg, "train", 0)
     (tmp_path / "empty" / "train").mkdir(parents=True)
     cfg["imagefolder"]["root"] = str(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="no files under .*empty/train"):
-        data.build_index(cfg, "train", 0)
+        build_index(cfg, "train", 0)
 
 
 def test_draft_decoding_matches_full_decoding(tmp_path):
-    photo = data.load_sample_photo("astronaut")
+    photo = load_sample_photo("astronaut")
     p = tmp_path / "a.JPEG"
     Image.fromarray(photo).save(p, quality=95)
-    full, _ = data.load_image_file(p, 64, draft=False)
-    fast, _ = data.load_image_file(p, 64, draft=True)
+    full, _ = load_image_file(p, 64, draft=False)
+    fast, _ = load_image_file(p, 64, draft=True)
     assert full.shape == fast.shape == (64, 64, 3)
     assert np.abs(full.astype(int) - fast.astype(int)).mean() < 4
 
@@ -269,7 +271,7 @@ def test_shards_read_by_webdataset_and_tarfile(tmp_path, imagenet_like):
 
 
 def test_bad_shard_key_is_rejected(tmp_path):
-    from pipeline.shards import Sample, write_shard
+    from pipeline.data.shards import Sample, write_shard
 
     with pytest.raises(ValueError, match="keys may not contain"):
         write_shard(tmp_path / "x.tar", [Sample("a.b", np.zeros((4, 4, 3), np.uint8))])

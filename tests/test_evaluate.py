@@ -18,7 +18,7 @@ from pipeline import evaluate as ev
 from pipeline import figures
 from pipeline.cli import main
 from pipeline.features import register, to_gray
-from pipeline.shards import Sample, write_shard
+from pipeline.data.shards import Sample, write_shard
 from pipeline.store import FeatureStore, write_store
 
 

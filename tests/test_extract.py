@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from pipeline import cli
-from pipeline.data import load_sample_photo
+from pipeline.data.sample import load_sample_photo
 from pipeline.features import get_feature
 from pipeline.io import sha256_file
-from pipeline.shards import Sample, write_shard
+from pipeline.data.shards import Sample, write_shard
 from pipeline.store import FeatureStore
 
 

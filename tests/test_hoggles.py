@@ -177,7 +177,7 @@ def test_gaussian_window_is_fspecial():
 
 def test_cli_train_and_invert(tmp_path):
     from pipeline.cli import main
-    from pipeline.shards import Sample, write_shard
+    from pipeline.data.shards import Sample, write_shard
     from pipeline.store import FeatureStore
 
     imgs = crops(size=48, per_photo=2)

@@ -235,7 +235,7 @@ def test_alexnet_layer_inversion_runs_and_reduces_loss():
 
 def test_cli_writes_store_and_log(tmp_path):
     from pipeline.cli import main
-    from pipeline.shards import Sample, write_shard
+    from pipeline.data.shards import Sample, write_shard
     from pipeline.store import FeatureStore
 
     imgs = [photo(n, 24)[0].permute(1, 2, 0).numpy().round().astype(np.uint8) for n in ("astronaut", "coffee", "chelsea")]

@@ -23,7 +23,7 @@ from pipeline.preimage import (
     preimage,
     unit_direction,
 )
-from pipeline.shards import Sample, write_shard
+from pipeline.data.shards import Sample, write_shard
 from pipeline.store import FeatureStore, write_store
 
 SIZE = 32

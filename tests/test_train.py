@@ -19,7 +19,7 @@ from torch import nn
 
 from pipeline.cli import main
 from pipeline.features import register
-from pipeline.shards import Sample, load_shard_arrays, write_shard
+from pipeline.data.shards import Sample, load_shard_arrays, write_shard
 from pipeline.store import FeatureStore, write_store
 from pipeline.train import (
     InversionModel,

@@ -24,7 +24,7 @@ def _check_config():
         if not Path(root).expanduser().is_dir():
             raise ValueError(f"dataset.imagefolder.root: no such directory: {root}")
     if ds["source"] == "sample":
-        from pipeline.data import SAMPLE_PHOTOS
+        from pipeline.data.sample import SAMPLE_PHOTOS
 
         bad = sorted(set(ds["sample"]["val_photos"]) - set(SAMPLE_PHOTOS))
         if bad:

@@ -12,7 +12,7 @@ import torch
 
 from pipeline.features import get_feature
 from pipeline.io import sha256_file
-from pipeline.shards import load_shard_arrays
+from pipeline.data.shards import load_shard_arrays
 from pipeline.store import store_info, write_store
 
 

@@ -1,0 +1,164 @@
+"""A split's index, image shards and manifest: the ``list-images``,
+``make-shard`` and ``manifest`` commands (each one Snakemake job).
+
+``list-images`` writes a split's index (JSON: one entry per image, in shard
+order) from the source named by ``dataset.source`` in the config
+(``sample``: :mod:`pipeline.data.sample`; ``imagefolder``:
+:mod:`pipeline.data.imagefolder`), ``make-shard`` turns one slice of the
+index into one WebDataset tar (:mod:`pipeline.data.shards`) plus a per-shard
+manifest, and ``manifest`` merges the per-shard manifests.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.data.imagefolder import SkipImage, imagefolder_index, load_image_file
+from pipeline.data.sample import render_sample_entry, sample_index
+from pipeline.data.shards import Sample, write_shard
+from pipeline.io import sha256_file, write_json
+
+SPLITS = ("train", "val")
+
+
+def build_index(dataset_cfg: dict, split: str, seed: int) -> list[dict]:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    source = dataset_cfg["source"]
+    if source == "sample":
+        return sample_index(split, dataset_cfg["sample"], seed)
+    if source == "imagefolder":
+        return imagefolder_index(split, dataset_cfg["imagefolder"], seed)
+    raise ValueError(f"dataset.source must be 'sample' or 'imagefolder', got {source!r}")
+
+
+def shard_slice(n: int, shard: int, n_shards: int) -> slice:
+    """Contiguous, balanced slice of ``n`` items for ``shard`` of ``n_shards``."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} out of range 0..{n_shards - 1}")
+    return slice(shard * n // n_shards, (shard + 1) * n // n_shards)
+
+
+@dataclass
+class ShardResult:
+    count: int
+    skipped: list[dict]
+    converted: dict[str, str]
+
+
+def make_shard(index: dict, shard: int, n_shards: int, size: int, out_tar, out_manifest, fmt: str = "png") -> ShardResult:
+    """Render/decode this shard's slice of the index and write tar + manifest."""
+    entries = index["entries"][shard_slice(len(index["entries"]), shard, n_shards)]
+    dataset_cfg, seed = index["dataset"], index["seed"]
+    skipped: list[dict] = []
+    converted: dict[str, str] = {}
+    sources: dict[str, str] = {}
+
+    def samples():
+        for e in entries:
+            if e["kind"] == "file":
+                try:
+                    img, note = load_image_file(e["path"], size, dataset_cfg["imagefolder"].get("min_side", 1))
+                except SkipImage as err:
+                    skipped.append({"key": e["key"], "path": e["path"], "reason": str(err)})
+                    continue
+                if note:
+                    converted[e["key"]] = note
+                source = e["path"]
+            else:
+                img = render_sample_entry(e, size, dataset_cfg["sample"], seed)
+                source = e.get("photo", "deadleaves") if e["kind"] == "photo" else f"deadleaves:{e['index']}"
+            sources[e["key"]] = source
+            yield Sample(e["key"], img, e.get("label"), {"source": source})
+
+    count = write_shard(out_tar, samples(), fmt=fmt)
+    write_json(
+        out_manifest,
+        {
+            "shard": shard,
+            "n_shards": n_shards,
+            "image_size": size,
+            "count": count,
+            "keys": list(sources),
+            "sources": sources,
+            "skipped": skipped,
+            "converted": converted,
+            "sha256": sha256_file(out_tar),
+        },
+    )
+    return ShardResult(count, skipped, converted)
+
+
+def merge_manifests(paths: list[str], out) -> dict:
+    shards = [json.loads(Path(p).read_text()) for p in paths]
+    merged = {
+        "images": sum(s["count"] for s in shards),
+        "skipped_count": sum(len(s["skipped"]) for s in shards),
+        "converted_count": sum(len(s["converted"]) for s in shards),
+        "shards": [
+            {"shard": s["shard"], "file": str(Path(p).with_suffix(".tar")), "count": s["count"], "sha256": s["sha256"]}
+            for p, s in zip(paths, shards)
+        ],
+        "sources": {k: v for s in shards for k, v in s["sources"].items()},
+        "skipped": [x for s in shards for x in s["skipped"]],
+        "converted": {k: v for s in shards for k, v in s["converted"].items()},
+    }
+    write_json(out, merged)
+    return merged
+
+
+def configure_list_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="the config's 'dataset' section as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", required=True, choices=SPLITS)
+    p.add_argument("--out", required=True, help="index JSON to write")
+
+
+def run_list(args) -> int:
+    try:
+        dataset = json.loads(args.dataset)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--dataset: not valid JSON ({e})")
+    entries = build_index(dataset, args.split, args.seed)
+    write_json(args.out, {"split": args.split, "seed": args.seed, "dataset": dataset, "entries": entries})
+    print(f"{args.split}: {len(entries)} entries -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def configure_shard_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index", required=True, help="index JSON written by list-images")
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--n-shards", type=int, required=True)
+    p.add_argument("--size", type=int, required=True, help="side of the square output images")
+    p.add_argument("--format", default="png", choices=["png", "jpg"])
+    p.add_argument("--out", required=True, help="tar shard to write")
+    p.add_argument("--manifest", required=True, help="per-shard manifest JSON to write")
+
+
+def run_shard(args) -> int:
+    index = json.loads(Path(args.index).read_text())
+    t = time.perf_counter()
+    res = make_shard(index, args.shard, args.n_shards, args.size, args.out, args.manifest, args.format)
+    print(
+        f"shard {args.shard}/{args.n_shards}: wrote {res.count} images, skipped {len(res.skipped)}, "
+        f"converted {len(res.converted)} in {time.perf_counter() - t:.1f}s -> {args.out}",
+        file=sys.stderr,
+    )
+    for s in res.skipped:
+        print(f"  skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    return 0
+
+
+def configure_manifest_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True)
+    p.add_argument("manifests", nargs="+", help="per-shard manifests, in shard order")
+
+
+def run_manifest(args) -> int:
+    m = merge_manifests(args.manifests, args.out)
+    print(f"{m['images']} images, {m['skipped_count']} skipped -> {args.out}", file=sys.stderr)
+    return 0
