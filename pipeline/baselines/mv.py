@@ -257,7 +257,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="learning-rate schedule (default: cnn for AlexNet, shallow otherwise)")
     p.add_argument("--lr", type=float, default=None, help="base learning rate (default: the schedule's)")
     p.add_argument("--lambda-alpha", type=float, default=LAMBDA_ALPHA, help="alpha-norm weight at 227x227")
-    p.add_argument("--lambda-tv", type=float, default=None, help="TV^beta weight at 227x227 (default: Mahendran & Vedaldi 2015's)")
+    p.add_argument("--lambda-tv", type=float, default=None,
+                   help="TV^beta weight at 227x227 (default: Mahendran & Vedaldi 2015's)")
     p.add_argument("--alpha", type=float, default=ALPHA)
     p.add_argument("--beta", type=float, default=BETA)
     p.add_argument("--restarts", type=int, default=1, help="random restarts per target (best kept)")
