@@ -3,7 +3,7 @@ ratios against a reference measured in the same run (never timed asserts).
 
 Each benchmark lives beside the code it measures:
 data -> pipeline.data.bench.bench_data, features -> pipeline.features.bench.bench_features,
-train -> pipeline.train.bench_train, invert -> pipeline.invert.bench_invert,
+train -> pipeline.train.bench_train, invert -> pipeline.baselines.bench.bench_invert,
 evaluate -> pipeline.evaluate.bench_evaluate.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ BENCHMARKS = {
     "data": ("pipeline.data.bench", "bench_data"),
     "features": ("pipeline.features.bench", "bench_features"),
     "train": ("pipeline.train", "bench_train"),
-    "invert": ("pipeline.invert", "bench_invert"),
+    "invert": ("pipeline.baselines.bench", "bench_invert"),
     "evaluate": ("pipeline.evaluate", "bench_evaluate"),
 }
 

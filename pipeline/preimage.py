@@ -2,7 +2,7 @@
 
 Mahendran & Vedaldi (IJCV 2016) pose three visualisations as one regularised
 energy minimisation over an image.  We use the variables of
-:mod:`pipeline.invert`: ``x`` is the normalised, mean-subtracted image, the
+:mod:`pipeline.baselines.terms`: ``x`` is the normalised, mean-subtracted image, the
 pixels are ``sigma x + m`` (``sigma = sigma_for(H, W)``, ``m`` the ImageNet
 mean colour, or 128 for grey representations), and
 
@@ -17,7 +17,7 @@ mean colour, or 128 for grey representations), and
 * Data terms ``l`` (``M`` a 0/1 mask on the representation, see masks below):
 
   - ``invert``:     ``||M (Phi - Phi0)||^2 / ||M Phi0||^2``
-    (:class:`pipeline.invert.FeatureLoss`, seed 004 eq. 3);
+    (:class:`pipeline.baselines.terms.FeatureLoss`, seed 004 eq. 3);
   - ``maximise``:   ``-<e, Phi> / Z`` with ``e`` selecting one channel ``k``
     of the layer: the unit at one position (``e = 1`` there), or the channel
     mean (``e = 1 / (h w)`` on channel ``k``).  ``Z`` is the RMS of the
@@ -31,7 +31,7 @@ mean colour, or 128 for grey representations), and
 
 * Range regulariser (``range``):
 
-  - ``alpha`` (seed 004, :class:`pipeline.invert.AlphaNorm`):
+  - ``alpha`` (seed 004, :class:`pipeline.baselines.terms.AlphaNorm`):
     ``sum_{c,u,v} |x_c(u,v)|^alpha``, iterate clamped to ``|x_c| <= clamp B``
     (default clamp 4, B = 128 grey levels);
   - ``bounded`` (seed 002's bounded range): the alpha-norm of each pixel's
@@ -42,17 +42,17 @@ mean colour, or 128 for grey representations), and
     ``lambda_alpha / 3^(alpha/2 - 1)``, so a grey pixel costs the same under
     both.  Default for ``maximise`` and ``caricature``; ``alpha`` for ``invert``.
 
-* ``R_TV^beta`` is :class:`pipeline.invert.TVNorm`.  ``lambda_alpha`` and
+* ``R_TV^beta`` is :class:`pipeline.baselines.terms.TVNorm`.  ``lambda_alpha`` and
   ``lambda_tv`` are 227x227 values scaled to the image size as in
-  :mod:`pipeline.invert`; ``lambda_tv`` defaults to seed 004's value for the
-  layer (:func:`pipeline.invert.default_lambda_tv`).
+  :mod:`pipeline.baselines.terms`; ``lambda_tv`` defaults to seed 004's value for the
+  layer (:func:`pipeline.baselines.terms.default_lambda_tv`).
 
-Optimisation: the schedules of :mod:`pipeline.invert` (gradient descent with
+Optimisation: the schedules of :mod:`pipeline.baselines.descent` (gradient descent with
 momentum, reset at each rate change) or Adam with the step in grey levels
 (default for ``maximise``/``caricature``, whose linear data terms have an
 arbitrary gradient scale: :data:`PREIMAGE_SCHEDULE`, 300 iterations at 8 grey
 levels then 100 at 0.8, rescaled by ``iterations``).  Noise initialisation per (seed, key, restart) as
-in :func:`pipeline.invert.invert`; several restarts per target run side by
+in :func:`pipeline.baselines.mv.invert`; several restarts per target run side by
 side and the one with the lowest final energy (without jitter) is kept.
 
 Masks (seed 004, Figures 9 and 10)
@@ -86,30 +86,32 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pipeline.invert import (
+from pipeline.baselines.descent import (
     ADAM_LR,
+    MOMENTUM,
+    SCHEDULES,
+    default_schedule,
+    descend,
+    make_schedule,
+    noise_init,
+)
+from pipeline.baselines.terms import (
     ALPHA,
     B_RANGE,
     BETA,
     CLAMP,
     GRAY_MEAN,
     LAMBDA_ALPHA,
-    MOMENTUM,
     REF_SIZE,
     RGB_MEAN,
-    SCHEDULES,
     AlphaNorm,
     FeatureLoss,
     State,
     Term,
     TVNorm,
     as_images,
-    descend,
     default_lambda_tv,
-    default_schedule,
     is_gray_feature,
-    make_schedule,
-    noise_init,
     scale_lambda,
     sigma_for,
 )

@@ -196,7 +196,7 @@ def test_reconstruct_on_cuda_equals_cpu(shards, tmp_path):
 @pytest.mark.parametrize("name,params", [("hog", {}), ("dsift", {}),
                                          ("alexnet", {"layer": "conv3", "weights": "random"})])
 def test_mv_inversion_on_cuda_batched_equals_single(name, params):
-    from pipeline import invert as mv
+    from pipeline.baselines import mv
 
     x = torch.from_numpy(_crops(4, 64)).permute(0, 3, 1, 2).float()
     feat = get_feature(name, **params)

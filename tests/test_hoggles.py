@@ -1,4 +1,4 @@
-"""HOGgles paired-dictionary inversion (pipeline.hoggles)."""
+"""HOGgles paired-dictionary inversion (pipeline.baselines.hoggles)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from skimage import data as skdata
 from skimage.transform import resize
 
-from pipeline import hoggles as hg
+from pipeline.baselines import hoggles as hg
 from pipeline.features import available, get_feature, register, to_gray
 
 

@@ -1,4 +1,4 @@
-"""Mahendran & Vedaldi inversion (pipeline.invert): loss, determinism, settings, CLI."""
+"""Mahendran & Vedaldi inversion (pipeline.baselines): loss, determinism, settings, CLI."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +11,7 @@ import torch
 from skimage import data as skdata
 from skimage.transform import resize
 
-from pipeline import invert as mv
+from pipeline.baselines import descent, mv, terms
 from pipeline.features import available, get_feature, register
 
 
@@ -115,17 +115,17 @@ def test_adam_option_reduces_loss():
 
 
 def test_schedules_and_momentum_reset():
-    segs = mv.make_schedule("invert_nn")
+    segs = descent.make_schedule("invert_nn")
     assert [n for n, _ in segs] == [800, 500, 500, 200, 100]
     assert [r for _, r in segs] == pytest.approx([1e-3, 1e-4, 1e-5, 1e-6, 1e-7])
-    segs = mv.make_schedule("shallow", iterations=10)
+    segs = descent.make_schedule("shallow", iterations=10)
     assert sum(n for n, _ in segs) == 10 and [r for _, r in segs] == pytest.approx([4e-3, 4e-4, 4e-5, 4e-6])
-    segs = mv.make_schedule("cnn", lr=1.0, iterations=4)
+    segs = descent.make_schedule("cnn", lr=1.0, iterations=4)
     assert [n for n, _ in segs] == [1, 2, 1] and [r for _, r in segs] == pytest.approx([1.0, 0.1, 0.01])
     with pytest.raises(ValueError, match="schedule"):
-        mv.make_schedule("nope")
+        descent.make_schedule("nope")
     with pytest.raises(ValueError, match="iterations"):
-        mv.make_schedule("cnn", iterations=0)
+        descent.make_schedule("cnn", iterations=0)
     _, log = mv.invert(RandConv(), photo("camera", 16), iterations=8, schedule="cnn")
     assert list(log.iteration) == list(range(1, 10))
     assert log.lr[:8] == pytest.approx([4e-3, 4e-3, 4e-4, 4e-4, 4e-4, 4e-4, 4e-5, 4e-5])
@@ -138,9 +138,9 @@ def test_momentum_matches_hand_written_update():
     img = photo("camera", 16)
     _, log = mv.invert(feat, img, schedule=[(2, 1.0), (1, 0.1)], lr=1e-3, keys=["k"], lambda_tv=0.0, lambda_alpha=0.0)
     # redo by hand
-    sigma = mv.sigma_for(16, 16)
-    mean = torch.tensor(mv.RGB_MEAN).view(1, 3, 1, 1)
-    x = mv.noise_init(0, "k", 0, (3, 16, 16)).float()[None].requires_grad_(True)
+    sigma = terms.sigma_for(16, 16)
+    mean = torch.tensor(terms.RGB_MEAN).view(1, 3, 1, 1)
+    x = descent.noise_init(0, "k", 0, (3, 16, 16)).float()[None].requires_grad_(True)
     phi0 = feat(img).detach()
     mu = torch.zeros_like(x)
     losses = []
@@ -157,25 +157,25 @@ def test_momentum_matches_hand_written_update():
 
 
 def test_paper_constants_and_scaling():
-    assert mv.sigma_for(227, 227) == pytest.approx(2.7098e4)
-    assert mv.scale_lambda(2.16e8, 6, 227, 227) == pytest.approx(2.16e8)
-    assert mv.scale_lambda(5.0, 2, 32, 32) == pytest.approx(5.0)
+    assert terms.sigma_for(227, 227) == pytest.approx(2.7098e4)
+    assert terms.scale_lambda(2.16e8, 6, 227, 227) == pytest.approx(2.16e8)
+    assert terms.scale_lambda(5.0, 2, 32, 32) == pytest.approx(5.0)
     # alpha-norm weight scales as (HW)^2 so that lambda * sum (x/sigma)^6 is size invariant
-    assert mv.scale_lambda(2.16e8, 6, 454, 454) == pytest.approx(2.16e8 * 16)
+    assert terms.scale_lambda(2.16e8, 6, 454, 454) == pytest.approx(2.16e8 * 16)
     # the authors' code: lambdaL2 = 8e-10 on pixels -> lambda_alpha = 8e-10 / 2 * sigma^4 = 2.16e8
-    assert 8e-10 / 2 * mv.SIGMA_REF**4 == pytest.approx(2.16e8, rel=0.01)
-    la, lv = mv.paper_rule_lambdas()
+    assert 8e-10 / 2 * terms.SIGMA_REF**4 == pytest.approx(2.16e8, rel=0.01)
+    la, lv = terms.paper_rule_lambdas()
     assert 1e8 < la < 1e10 and lv > 0
     # Table 3's bold rows: layers 1-6 -> 0.5, 7-12 -> 5, 13-20 -> 50
     cases = {"conv1": 0.5, "relu2": 0.5, "pool2": 5.0, "conv3": 5.0, "conv4": 5.0, "conv4_raw": 5.0,
              "conv5_raw": 50.0, "conv5": 50.0, "fc6": 50.0, "fc8": 50.0, "mpool1": 0.5}
     for layer, lam in cases.items():
-        assert mv.default_lambda_tv("alexnet", {"layer": layer, "arch": "caffenet"})[0] == lam, layer
-    assert mv.cnn_a_layer_index("conv2", "torchvision") == 7
-    assert mv.default_lambda_tv("hog")[0] == 5.0
-    assert mv.default_schedule("alexnet") == "cnn" and mv.default_schedule("hog") == "shallow"
+        assert terms.default_lambda_tv("alexnet", {"layer": layer, "arch": "caffenet"})[0] == lam, layer
+    assert terms.cnn_a_layer_index("conv2", "torchvision") == 7
+    assert terms.default_lambda_tv("hog")[0] == 5.0
+    assert descent.default_schedule("alexnet") == "cnn" and descent.default_schedule("hog") == "shallow"
     with pytest.raises(ValueError, match="layer"):
-        mv.cnn_a_layer_index("conv9")
+        terms.cnn_a_layer_index("conv9")
 
 
 def test_bad_parameters_are_named():

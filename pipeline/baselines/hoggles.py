@@ -1,6 +1,6 @@
 """HOGgles (Vondrick, Khosla, Malisiewicz & Torralba, ICCV 2013): paired dictionaries.
 
-The baseline that seed 004 (Table 1, 66.2 % error) compares with.  Following
+The baseline that Mahendran & Vedaldi 2015 (Table 1, 66.2 % error) compare with.  Following
 the authors' code (``ihog``: ``learnpairdict.m``, ``invertHOG.m``):
 
 Training (:func:`train_paired_dictionary`)
@@ -58,22 +58,27 @@ same objective.  Dictionary learning uses scikit-learn's
 atoms one mini-batch of 400 costs about 20 s here (coding and the atom-by-atom
 dictionary update), so the full ihog setting (1000 mini-batches) takes hours
 on a CPU; the sample configuration uses 256 atoms.
+
+The command ``python -m pipeline invert-hoggles {train, invert}`` is in
+:mod:`pipeline.baselines.hoggles_cli`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
+import tarfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.exceptions import ConvergenceWarning
+
+from pipeline.features import get_feature, to_gray
+from pipeline.io import atomic_path
+from pipeline.data.shards import IMAGE_EXTS, read_shard
 
 EPS = float(np.finfo(np.float64).eps)  # MATLAB's eps, as in ihog
 
@@ -114,8 +119,6 @@ class PairedDictionary:
 
     def save(self, path) -> None:
         """Write an ``.npz`` atomically."""
-        from pipeline.io import atomic_path
-
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(
@@ -177,8 +180,6 @@ def gray_patches(gray: torch.Tensor, cell: int, h: int, w: int, ny: int, nx: int
 
 def _gray_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(N, H, W, 3) uint8 or (N, C, H, W) [0, 255] -> (N, 1, H, W) float grey."""
-    from pipeline.features import to_gray
-
     if isinstance(images, np.ndarray):
         if images.ndim != 4:
             raise ValueError(f"images must be (N, H, W, C) or (N, C, H, W), got shape {images.shape}")
@@ -195,10 +196,6 @@ def _gray_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def _shard_image_count(path, max_images: int | None) -> int:
     """Images in a shard, from the tar's member names (no decoding)."""
-    import tarfile
-
-    from pipeline.data.shards import IMAGE_EXTS
-
     try:
         with tarfile.open(path, "r") as tar:
             n = sum(1 for m in tar if m.isfile() and m.name.rpartition(".")[2] in IMAGE_EXTS)
@@ -221,8 +218,6 @@ def _image_source(images, max_images: int | None = None, batch: int = 16):
                 yield gray[s: s + batch]
 
         return len(gray), tuple(gray.shape[-2:]), it
-    from pipeline.data.shards import read_shard
-
     paths = [str(p) for p in images]
     counts = [_shard_image_count(p, max_images) for p in paths]
     first = next((smp.image for p, c in zip(paths, counts) if c for smp in read_shard(p)), None)
@@ -447,118 +442,8 @@ def invert_hoggles(pd: PairedDictionary, features, image_size: tuple[int, int], 
 def invert_images(pd: PairedDictionary, images, *, feature: torch.nn.Module | None = None, **kw) -> np.ndarray:
     """Compute the dictionary's representation of ``images`` and invert it; (N, 1, H, W)."""
     if feature is None:
-        from pipeline.features import get_feature
-
         feature = get_feature(pd.feature, **pd.feature_params)
     gray = _gray_tensor(images)
     with torch.no_grad():
         phi = feature.eval()(gray)
     return invert_hoggles(pd, phi, tuple(gray.shape[-2:]), **kw)
-
-
-# --------------------------------------------------------------------------
-# Command line: python -m pipeline invert-hoggles {train, invert}
-# --------------------------------------------------------------------------
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="hoggles_command", metavar="{train,invert}", required=True)
-    t = sub.add_parser("train", help="learn a paired dictionary on training image shards")
-    t.add_argument("--shards", nargs="+", required=True, help="training image shards (.tar)")
-    t.add_argument("--out", required=True, help="output dictionary (.npz)")
-    t.add_argument("--feature", default="hog", help="representation (a cell grid; default hog)")
-    t.add_argument("--params", default="{}", help="representation parameters, JSON object")
-    t.add_argument("--atoms", type=int, default=ATOMS, help="dictionary size (ihog: 1024)")
-    t.add_argument("--window", type=int, default=WINDOW, help="window side in cells (ihog: 5)")
-    t.add_argument("--lam", type=float, default=LAMBDA, help="LASSO weight (ihog: 0.02)")
-    t.add_argument("--windows", type=int, default=100_000, help="training windows sampled")
-    t.add_argument("--epochs", type=int, default=10, help="passes of mini-batch dictionary learning")
-    t.add_argument("--batch-size", type=int, default=BATCH, help="mini-batch (ihog: 400)")
-    t.add_argument("--max-images", type=int, default=None, help="use only the first N images of each shard")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=None, help="torch threads")
-    i = sub.add_parser("invert", help="invert the HOG of image shards")
-    i.add_argument("--dict", required=True, help="paired dictionary (.npz) from 'train'")
-    i.add_argument("--shard", nargs="+", required=True, help="image shard(s) whose images are inverted")
-    i.add_argument("--out", nargs="+", required=True, help="output HDF5 store per shard")
-    i.add_argument("--max-images", type=int, default=None)
-    i.add_argument("--batch-size", type=int, default=8, help="images coded together")
-    i.add_argument("--pad", type=int, default=PAD_CELLS, help="zero cells padded around the HOG map (ihog: 5)")
-    i.add_argument("--solver", choices=("sklearn", "fista"), default="sklearn")
-    i.add_argument("--device", default="cpu", help="device of the fista solver and the representation")
-
-
-def run(args) -> int:
-    return {"train": run_train, "invert": run_invert}[args.hoggles_command](args)
-
-
-def _params(text: str) -> dict:
-    try:
-        params = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"--params is not valid JSON: {e}") from None
-    if not isinstance(params, dict):
-        raise SystemExit(f"--params must be a JSON object, got {text!r}")
-    return params
-
-
-def run_train(args) -> int:
-    from pipeline.features import get_feature
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    params = _params(args.params)
-    feature = get_feature(args.feature, **params).eval()
-    n_images = sum(_shard_image_count(p, args.max_images) for p in args.shards)
-    pd = train_paired_dictionary(
-        [str(p) for p in args.shards], feature, atoms=args.atoms, ny=args.window, nx=args.window, lam=args.lam,
-        n_windows=args.windows, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-        feature_name=args.feature, feature_params=dict(getattr(feature, "params", params)),
-        max_images=args.max_images,
-    )
-    pd.meta["train_shards"] = [str(s) for s in args.shards]
-    pd.meta["train_images"] = int(n_images)
-    pd.save(args.out)
-    print(f"wrote {args.out}: {pd.atoms} atoms, {pd.ny}x{pd.nx} cells, lambda {pd.lam}, "
-          f"{pd.meta['n_windows']} windows from {n_images} images in {pd.meta['seconds']}s", file=sys.stderr)
-    return 0
-
-
-def run_invert(args) -> int:
-    from pipeline.features import get_feature
-    from pipeline.io import sha256_file
-    from pipeline.data.shards import load_shard_arrays
-    from pipeline.store import write_store
-
-    if len(args.out) != len(args.shard):
-        raise SystemExit(f"--out: {len(args.out)} paths for {len(args.shard)} shards")
-    if args.batch_size < 1:
-        raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
-    pd = PairedDictionary.load(args.dict)
-    device = torch.device(args.device)
-    feature = get_feature(pd.feature, **pd.feature_params).to(device).eval()
-    for shard, out in zip(args.shard, args.out):
-        t0 = time.perf_counter()
-        keys, images, _ = load_shard_arrays(shard)
-        if args.max_images is not None:
-            keys, images = keys[: args.max_images], images[: args.max_images]
-        H, W = images.shape[1:3] if len(keys) else (0, 0)
-        rec = np.zeros((len(keys), 3, H, W), np.float32)
-        for s in range(0, len(keys), args.batch_size):
-            gray = _gray_tensor(images[s: s + args.batch_size]).to(device)
-            with torch.no_grad():
-                phi = feature(gray).cpu()
-            g = invert_hoggles(pd, phi, (H, W), pad=args.pad, solver=args.solver, device=device)
-            rec[s: s + len(g)] = np.repeat(g, 3, axis=1)  # grey -> 3 channels
-        write_store(
-            out, keys, rec, feature="reconstruction",
-            params={"representation": pd.feature, "method": "hoggles",
-                    "feature": {"name": pd.feature, "params": pd.feature_params},
-                    "inversion": {"dictionary": str(args.dict), "atoms": pd.atoms, "window": [pd.ny, pd.nx],
-                                  "cell": pd.cell, "lambda": pd.lam, "pad": args.pad, "solver": args.solver,
-                                  "blend_sigma": BLEND_SIGMA, "train": pd.meta}},
-            image_shard=str(shard), image_shard_sha256=sha256_file(shard), dtype="float16",
-            extra_attrs={"pixel_range": "0-255", "method": "hoggles", "grey": "replicated to 3 channels"},
-        )
-        print(f"wrote {out}: {len(keys)} HOGgles reconstructions in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    return 0
