@@ -85,7 +85,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline import __version__
-from pipeline.decoders import KINDS, Decoder, build_decoder, decoder_from_args, kind_for, resize_images
+from pipeline.decoders.architectures import KINDS, Decoder, build_decoder, decoder_from_args, kind_for, resize_images
 from pipeline.io import atomic_path, sha256_file, write_json
 from pipeline.shards import decode_image, index_shard
 from pipeline.store import FeatureStore, write_store

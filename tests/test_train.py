@@ -33,7 +33,7 @@ from pipeline.train import (
     reconstruct_batch,
     train_step,
 )
-from pipeline.decoders import build_decoder
+from pipeline.decoders.architectures import build_decoder
 
 SIZE = 32
 REPO = Path(__file__).resolve().parents[1]
