@@ -3,7 +3,7 @@ ratios against a reference measured in the same run (never timed asserts).
 
 Each benchmark lives beside the code it measures:
 data -> pipeline.data.bench.bench_data, features -> pipeline.features.bench.bench_features,
-train -> pipeline.train.bench_train, invert -> pipeline.baselines.bench.bench_invert,
+train -> pipeline.decoders.bench.bench_train, invert -> pipeline.baselines.bench.bench_invert,
 evaluate -> pipeline.evaluate.bench_evaluate.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import importlib
 BENCHMARKS = {
     "data": ("pipeline.data.bench", "bench_data"),
     "features": ("pipeline.features.bench", "bench_features"),
-    "train": ("pipeline.train", "bench_train"),
+    "train": ("pipeline.decoders.bench", "bench_train"),
     "invert": ("pipeline.baselines.bench", "bench_invert"),
     "evaluate": ("pipeline.evaluate", "bench_evaluate"),
 }

@@ -1313,7 +1313,8 @@ def run_perturb(args) -> int:
 
 def load_decoder_callable(path, device="cpu", size=None):
     """(decoder callable features -> (B, 3, H, W) [0, 255], encoder module, payload) of a trained model."""
-    from pipeline.train import load_model, reconstruct_batch
+    from pipeline.decoders.modelfile import load_model
+    from pipeline.decoders.reconstruct import reconstruct_batch
 
     decoder, encoder, payload = load_model(path, device)
     if encoder is None:

@@ -11,7 +11,7 @@ from pipeline import cli
 from pipeline.data.sample import load_sample_photo
 from pipeline.features import get_feature
 from pipeline.data.shards import Sample, write_shard
-from pipeline.train import load_model
+from pipeline.decoders.modelfile import load_model
 
 
 def test_finetune_encoder_trains_alexnet_weights(tmp_path):

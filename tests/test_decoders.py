@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.decoders import (
+from pipeline.decoders.architectures import (
     Block,
     Decoder,
     build_decoder,

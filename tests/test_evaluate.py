@@ -536,8 +536,8 @@ def test_figure_functions_with_a_decoder_callable(tmp_path, photos, feats):
 
 
 def test_figure_cli_with_a_saved_decoder(workspace):
-    from pipeline.decoders import build_decoder
-    from pipeline.train import save_decoder
+    from pipeline.decoders.architectures import build_decoder
+    from pipeline.decoders.modelfile import save_decoder
 
     w = workspace
     tmp = w["tmp"]

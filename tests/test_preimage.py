@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from pipeline.cli import main
-from pipeline.decoders import build_decoder
+from pipeline.decoders.architectures import build_decoder
 from pipeline.features import get_feature
 from pipeline.preimage import (
     activation_scale,

@@ -21,19 +21,11 @@ from pipeline.cli import main
 from pipeline.features import register
 from pipeline.data.shards import Sample, load_shard_arrays, write_shard
 from pipeline.store import FeatureStore, write_store
-from pipeline.train import (
-    InversionModel,
-    PairedData,
-    epoch_batches,
-    epoch_order,
-    iter_batches,
-    load_decoder,
-    load_model,
-    lr_at,
-    reconstruct_batch,
-    train_step,
-)
-from pipeline.decoders import build_decoder
+from pipeline.decoders.architectures import build_decoder
+from pipeline.decoders.data import PairedData, epoch_batches, epoch_order, iter_batches
+from pipeline.decoders.modelfile import load_decoder, load_model
+from pipeline.decoders.reconstruct import reconstruct_batch
+from pipeline.decoders.step import InversionModel, lr_at, train_step
 
 SIZE = 32
 REPO = Path(__file__).resolve().parents[1]
@@ -413,7 +405,7 @@ def test_reconstruct_batch_resizes_to_the_image_size():
 
 
 def test_bench_train_prints_figures_against_the_paper(capsys):
-    from pipeline.train import bench_train
+    from pipeline.decoders.bench import bench_train
 
     assert bench_train(["--size", "16", "--width", "0.05", "--steps", "1", "--warmup", "0", "--batch-size", "4",
                         "--kinds", "hog", "fc", "--devices", "cpu"]) == 0

@@ -328,7 +328,7 @@ def run(args) -> int:
         rec_all = np.concatenate(recs) if recs else np.zeros((0, 3, H, W), np.float32)
         settings = dict(logs[0].settings) if logs else {}
         fparams = dict(getattr(feature, "params", params))
-        # the layout of the decoders' ``reconstruct`` stores (pipeline.train)
+        # the layout of the decoders' ``reconstruct`` stores (pipeline.decoders.reconstruct)
         write_store(
             out, keys, rec_all, feature="reconstruction",
             params={"representation": representation, "method": "mahendran-vedaldi",

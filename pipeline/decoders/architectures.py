@@ -10,10 +10,12 @@ predicted downsampled images"; Table 1 predicts 128x128 from a 227x227 image,
 Table 7 192x192), training targets are the images resized to the native
 size, and reconstructions are resized bilinearly to the image size before
 evaluation ("we up-sample reconstructions to input image size with bilinear
-interpolation").  :func:`pipeline.train.reconstruct_batch` does the latter.
+interpolation");
+:func:`pipeline.decoders.reconstruct.reconstruct_batch` does the latter.
 
-Architectures (seed 000, Table 1 and supplementary Tables 4-8).  Leaky ReLU
-``r(x) = max(x, 0.2 x)`` after every layer but the last, which is linear.
+Architectures (Dosovitskiy & Brox 2016, Table 1 and supplementary Tables
+4-8).  Leaky ReLU ``r(x) = max(x, 0.2 x)`` after every layer but the last,
+which is linear.
 
 * ``fc`` (Tables 1/8, AlexNet fc6/fc7/fc8): the flattened input goes through
   three fully connected layers (4096, 4096, 4096 = 4*4*256), is reshaped to

@@ -1,0 +1,97 @@
+"""``python -m pipeline bench train``: decoder speed against the paper.
+
+Dosovitskiy & Brox (2016) report roughly 5 ms per image for one forward pass
+of a paper-sized decoder on a GPU; this benchmark prints training images/s
+and inference ms/image of each decoder kind on the CPU and, when present,
+the GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from pipeline.decoders.architectures import KINDS, build_decoder
+from pipeline.decoders.step import InversionModel, _amp_dtype, _device, train_step
+
+PAPER_MS_PER_IMAGE = 5.0  # Dosovitskiy & Brox 2016: "roughly 5 ms per image on a GPU"
+
+
+def _bench_shape(kind: str, size: int) -> tuple[int, int, int]:
+    return {
+        "hog": (31, (size + 4) // 8, (size + 4) // 8),
+        "lbp": (58, max(1, size // 16), max(1, size // 16)),
+        "sift": (133, -(-size // 4), -(-size // 4)),
+        "conv": (256, max(1, round(size / 37.8)), max(1, round(size / 37.8))),
+        "fc": (1000, 1, 1),
+    }[kind]
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_train(argv: list[str]) -> int:
+    """Training images/s and inference ms/image of decoders, CPU and GPU when present."""
+    p = argparse.ArgumentParser(prog="python -m pipeline bench train", description=bench_train.__doc__)
+    p.add_argument("--size", type=int, default=64, help="image size")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--kinds", nargs="+", default=["hog", "fc"], choices=KINDS)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=5, help="timed training steps")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    devices = a.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    print(f"decoder benchmark: {a.size}x{a.size} images, width {a.width}, batch {a.batch_size}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(f"{'device':8} {'kind':5} {'in_shape':>14} {'params':>8} {'train img/s':>12} {'infer ms/img':>13} "
+          f"{'vs paper 5 ms':>14}")
+    results = {}
+    for dev_name in devices:
+        device = _device(dev_name)
+        amp = _amp_dtype(device, "auto")
+        for kind in a.kinds:
+            torch.manual_seed(0)
+            shape = _bench_shape(kind, a.size)
+            dec = build_decoder(kind, shape, a.size, a.width).to(device)
+            model = InversionModel(dec).to(device)
+            cl = device.type == "cuda"
+            if cl:
+                model = model.to(memory_format=torch.channels_last)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+            feats = torch.rand(a.batch_size, *shape, device=device)
+            imgs = torch.randint(0, 256, (a.batch_size, a.size, a.size, 3), dtype=torch.uint8, device=device)
+            for i in range(a.warmup + a.steps):
+                if i == a.warmup:
+                    _sync(device)
+                    t = time.perf_counter()
+                train_step(model, opt, scaler, imgs, feats, dec.native_size, amp, cl, 1.0)
+            _sync(device)
+            ips = a.steps * a.batch_size / (time.perf_counter() - t)
+            dec.eval()
+            with torch.no_grad(), torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+                for i in range(a.warmup + a.steps):
+                    if i == a.warmup:
+                        _sync(device)
+                        t = time.perf_counter()
+                    dec(feats)
+                _sync(device)
+            ms = 1000 * (time.perf_counter() - t) / (a.steps * a.batch_size)
+            n_par = sum(q.numel() for q in dec.parameters()) / 1e6
+            results[(dev_name, kind)] = (ips, ms)
+            print(f"{dev_name:8} {kind:5} {str(shape):>14} {n_par:7.2f}M {ips:12.1f} {ms:13.3f} "
+                  f"{PAPER_MS_PER_IMAGE / ms:13.2f}x", flush=True)
+    print(f"reference: Dosovitskiy & Brox (2016) report ~{PAPER_MS_PER_IMAGE:g} ms per image for one forward "
+          "pass on a 2015 GPU (paper-sized networks); 'vs paper' > 1 means faster than that")
+    for kind in a.kinds:
+        if ("cpu", kind) in results and ("cuda", kind) in results:
+            c, g = results[("cpu", kind)], results[("cuda", kind)]
+            print(f"{kind}: GPU/CPU speed-up training {g[0] / c[0]:.1f}x, inference {c[1] / g[1]:.1f}x")
+    return 0

@@ -1,0 +1,155 @@
+"""``python -m pipeline reconstruct``: images from features with a trained decoder.
+
+Applies a trained decoder (Dosovitskiy & Brox 2016) to validation shards and
+writes, per shard, an HDF5 store (``write_store``) keyed like the shard
+whose ``features`` are the reconstructions ``(N, 3, H, W)`` as float16 pixel
+values in [0, 255] at the image size (bilinear up-sampling of the native
+output, as the paper's evaluation does), plus a PNG grid of
+(input | reconstruction) pairs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.decoders.architectures import Decoder, resize_images
+from pipeline.decoders.data import PairedData, _collate
+from pipeline.decoders.modelfile import _decoder_file, load_model
+from pipeline.decoders.step import _device
+from pipeline.decoders.training import _parse_params
+from pipeline.features import get_feature
+from pipeline.io import atomic_path, sha256_file
+from pipeline.store import write_store
+
+def reconstruct_batch(decoder: Decoder, features: torch.Tensor, size=None) -> torch.Tensor:
+    """Images (B, 3, H, W) float in [0, 255] reconstructed from ``features``.
+
+    The decoder's native output is resized bilinearly to ``size`` (int or
+    (H, W); default the decoder's ``out_size``, the image size it was trained
+    for), as the paper does before computing errors.  Runs without gradients
+    on the decoder's device; the result stays there.
+    """
+    p = next(decoder.parameters())
+    was_training = decoder.training
+    decoder.eval()
+    try:
+        with torch.no_grad():
+            y = decoder(torch.as_tensor(features).to(device=p.device, dtype=p.dtype))
+            return Decoder.to_image(resize_images(y.float(), size or decoder.out_size, antialias=True))
+    finally:
+        decoder.train(was_training)
+
+
+def configure_reconstruct_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="trained model: decoder.pt or its folder")
+    p.add_argument("--images", nargs="+", required=True, metavar="SHARD", help="validation image shards")
+    p.add_argument("--features", nargs="+", metavar="STORE", help="feature stores aligned with --images")
+    p.add_argument("--on-the-fly", action="store_true",
+                   help="compute features (default: the model's feature, or --feature/--params)")
+    p.add_argument("--feature", help="feature name for --on-the-fly (default: the model's)")
+    p.add_argument("--params", help="feature parameters (JSON) for --on-the-fly (default: the model's)")
+    o = p.add_mutually_exclusive_group(required=True)
+    o.add_argument("--out", nargs="+", metavar="STORE", help="one output store per image shard")
+    o.add_argument("--out-dir", help="folder for the output stores ({shard name}.h5)")
+    p.add_argument("--grid", help="PNG of (input | reconstruction) pairs")
+    p.add_argument("--grid-count", type=int, default=16, help="pairs in the grid")
+    p.add_argument("--grid-cols", type=int, default=4, help="pairs per grid row")
+    p.add_argument("--size", type=int, help="reconstruction size (default: each image's size)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+
+
+def run_reconstruct(args) -> int:
+    old_threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        reconstruct(args)
+    finally:
+        if args.threads:
+            torch.set_num_threads(old_threads)
+    return 0
+
+
+def reconstruct(args) -> list[str]:
+    device = _device(args.device)
+    decoder, encoder, payload = load_model(args.model, device)
+    shards = [str(s) for s in args.images]
+    if args.features and args.on_the_fly:
+        raise ValueError("give either --features or --on-the-fly, not both")
+    if args.features:
+        if len(args.features) != len(shards):
+            raise ValueError(f"{len(shards)} image shards but {len(args.features)} feature stores")
+    else:
+        cfg = payload.get("config") or {}
+        if not (args.on_the_fly or cfg.get("on_the_fly")):
+            raise ValueError("the model was trained on feature stores: give --features STORE... (or --on-the-fly)")
+        if encoder is None or args.feature:
+            feat = payload.get("feature") or {}
+            name = args.feature or feat.get("name")
+            params = _parse_params(args.params) if args.params else feat.get("params", {})
+            if not name:
+                raise ValueError("--on-the-fly: the model records no feature; give --feature NAME")
+            encoder = get_feature(name, **params).to(device).eval()
+    if args.out:
+        outs = [str(p) for p in args.out]
+        if len(outs) != len(shards):
+            raise ValueError(f"{len(shards)} image shards but {len(outs)} --out stores")
+    else:
+        outs = [str(Path(args.out_dir) / (Path(s).name.split(".")[0] + ".h5")) for s in shards]
+
+    grid_pairs = []
+    for i, (shard, out) in enumerate(zip(shards, outs)):
+        data = PairedData([shard], [args.features[i]] if args.features else None, in_memory=False)
+        size = (args.size, args.size) if args.size else data.image_size
+        if tuple(decoder.in_shape) != tuple(data.feature_shape or decoder.in_shape):
+            raise ValueError(f"{args.features[i]}: features of shape {data.feature_shape}, but the decoder "
+                             f"expects {tuple(decoder.in_shape)}")
+        recon = np.empty((len(data), 3, *size), np.float16)
+        for s in range(0, len(data), args.batch_size):
+            imgs, feats = _collate([data[j] for j in range(s, min(len(data), s + args.batch_size))])
+            if feats is None:
+                x = imgs.to(device).permute(0, 3, 1, 2).float()
+                with torch.no_grad():
+                    feats = encoder(x).float()
+            y = reconstruct_batch(decoder, feats, size).cpu()
+            recon[s:s + len(y)] = y.numpy().astype(np.float16)
+            for j in range(len(y)):
+                if len(grid_pairs) < args.grid_count:
+                    grid_pairs.append((imgs[j].numpy(), y[j].permute(1, 2, 0).round().byte().numpy()))
+        data.close()
+        write_store(
+            out, data.keys, recon, feature="reconstruction",
+            params={"representation": payload.get("representation"), "decoder": payload["build_args"],
+                    "feature": payload.get("feature"), "model": str(_decoder_file(args.model))},
+            image_shard=shard, image_shard_sha256=sha256_file(shard), dtype="float16",
+            extra_attrs={"pixel_range": "0-255", "native_size": json.dumps(payload.get("native_size"))},
+        )
+        print(f"{out}: {len(data)} reconstructions from {shard}", flush=True)
+    if args.grid:
+        write_grid(args.grid, grid_pairs, args.grid_cols)
+    return outs
+
+
+def write_grid(path, pairs, cols: int = 4, gap: int = 2) -> None:
+    """PNG of (input | reconstruction) pairs, ``cols`` pairs per row, white gaps."""
+    if not pairs:
+        raise ValueError("no images for the grid")
+    h = max(max(a.shape[0], b.shape[0]) for a, b in pairs)
+    w = max(a.shape[1] + b.shape[1] for a, b in pairs)
+    cols = max(1, min(cols, len(pairs)))
+    rows = (len(pairs) + cols - 1) // cols
+    canvas = np.full((rows * (h + gap) + gap, cols * (w + 2 * gap) + gap, 3), 255, np.uint8)
+    for k, (a, b) in enumerate(pairs):
+        r, c = divmod(k, cols)
+        y, x = gap + r * (h + gap), gap + c * (w + 2 * gap)
+        canvas[y:y + a.shape[0], x:x + a.shape[1]] = a
+        canvas[y:y + b.shape[0], x + a.shape[1]:x + a.shape[1] + b.shape[1]] = b
+    with atomic_path(path) as tmp:
+        Image.fromarray(canvas).save(tmp, format="PNG")
