@@ -4,7 +4,7 @@ ratios against a reference measured in the same run (never timed asserts).
 Each benchmark lives beside the code it measures:
 data -> pipeline.data.bench.bench_data, features -> pipeline.features.bench.bench_features,
 train -> pipeline.decoders.bench.bench_train, invert -> pipeline.baselines.bench.bench_invert,
-evaluate -> pipeline.evaluate.bench_evaluate.
+evaluate -> pipeline.evaluation.bench.bench_evaluate.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ BENCHMARKS = {
     "features": ("pipeline.features.bench", "bench_features"),
     "train": ("pipeline.decoders.bench", "bench_train"),
     "invert": ("pipeline.baselines.bench", "bench_invert"),
-    "evaluate": ("pipeline.evaluate", "bench_evaluate"),
+    "evaluate": ("pipeline.evaluation.bench", "bench_evaluate"),
 }
 
 

@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "invert-mv": ("pipeline.baselines.mv", "Mahendran & Vedaldi optimisation inversion"),
     "invert-hoggles": ("pipeline.baselines.hoggles_cli", "HOGgles paired-dictionary inversion"),
     "preimage": ("pipeline.preimage", "natural pre-images: invert, maximise, caricature"),
-    "evaluate": ("pipeline.evaluate", "metrics, tables and figures"),
+    "evaluate": ("pipeline.evaluation.commands", "metrics, tables and figures"),
     "bench": ("pipeline.bench", "benchmarks: data, features, train, invert"),
 }
 

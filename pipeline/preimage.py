@@ -731,7 +731,7 @@ def run(args) -> int:
         )
         print(f"wrote {args.out}: {len(all_keys)} pre-images in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     if args.grid:
-        from pipeline.figures import image_grid
+        from pipeline.evaluation.figures import image_grid
 
         caption = args.caption or (f"Natural pre-images ({args.mode}), {args.feature}"
                                    + ("" if trained else ", random weights (untrained)"))

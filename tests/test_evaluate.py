@@ -1,4 +1,4 @@
-"""Evaluation (pipeline.evaluate, pipeline.figures): metrics, perturbations, tables, figures, CLI."""
+"""Evaluation (pipeline.evaluation): metrics, perturbations, tables, figures, CLI."""
 from __future__ import annotations
 
 import csv
@@ -14,9 +14,8 @@ from PIL import Image
 from skimage import data as skdata
 from skimage.transform import resize
 
-from pipeline import evaluate as ev
-from pipeline import figures
 from pipeline.cli import main
+from pipeline.evaluation import figures, metrics, perturbations, tables
 from pipeline.features import register, to_gray
 from pipeline.data.shards import Sample, write_shard
 from pipeline.store import FeatureStore, write_store
@@ -91,25 +90,25 @@ def blurred(x: np.ndarray, half: bool = True) -> np.ndarray:
 
 def test_mean_pairwise_distance_matches_loops_and_is_permutation_invariant(photos):
     ref = brute_norm(photos)
-    got = ev.mean_pairwise_distance(photos)
+    got = metrics.mean_pairwise_distance(photos)
     assert got == pytest.approx(ref, rel=1e-10)
     perm = np.random.default_rng(1).permutation(len(photos))
-    assert ev.mean_pairwise_distance(photos[perm], block=3) == pytest.approx(ref, rel=1e-10)
+    assert metrics.mean_pairwise_distance(photos[perm], block=3) == pytest.approx(ref, rel=1e-10)
     # translation invariance and scaling: distances of x + c are those of x; of 2x twice as large
-    assert ev.mean_pairwise_distance(photos.astype(np.float64) + 1000) == pytest.approx(ref, rel=1e-9)
-    assert ev.mean_pairwise_distance(2.0 * photos.astype(np.float64)) == pytest.approx(2 * ref, rel=1e-10)
+    assert metrics.mean_pairwise_distance(photos.astype(np.float64) + 1000) == pytest.approx(ref, rel=1e-9)
+    assert metrics.mean_pairwise_distance(2.0 * photos.astype(np.float64)) == pytest.approx(2 * ref, rel=1e-10)
     # a subset estimate uses exactly the pairs of that subset
     idx = np.sort(np.random.default_rng(3).choice(len(photos), 5, replace=False))
-    assert ev.mean_pairwise_distance(photos, max_items=5, seed=3) == pytest.approx(brute_norm(photos[idx]), rel=1e-10)
+    assert metrics.mean_pairwise_distance(photos, max_items=5, seed=3) == pytest.approx(brute_norm(photos[idx]), rel=1e-10)
     with pytest.raises(ValueError, match="at least 2"):
-        ev.mean_pairwise_distance(photos[:1])
+        metrics.mean_pairwise_distance(photos[:1])
 
 
 def test_perfect_reconstruction_has_zero_error_infinite_psnr_unit_ssim(photos):
-    err, norm = ev.normalized_errors(photos, nchw(photos))
+    err, norm = metrics.normalized_errors(photos, nchw(photos))
     assert np.all(err == 0) and norm == pytest.approx(brute_norm(photos))
-    assert np.all(np.isinf(ev.psnr_per_image(photos, nchw(photos))))
-    assert np.allclose(ev.ssim_per_image(photos, nchw(photos)), 1.0)
+    assert np.all(np.isinf(metrics.psnr_per_image(photos, nchw(photos))))
+    assert np.allclose(metrics.ssim_per_image(photos, nchw(photos)), 1.0)
 
 
 def test_errors_match_independent_computation_and_grow_with_noise(photos):
@@ -118,14 +117,14 @@ def test_errors_match_independent_computation_and_grow_with_noise(photos):
     errs = []
     for sigma in (5.0, 20.0, 60.0):
         rec = np.clip(nchw(photos) + rng.normal(0, sigma, (len(photos), 3, SIZE, SIZE)), 0, 255).astype(np.float32)
-        err, n = ev.normalized_errors(photos, rec)
+        err, n = metrics.normalized_errors(photos, rec)
         manual = [np.linalg.norm(photos[i].astype(np.float64).transpose(2, 0, 1) - rec[i]) / norm
                   for i in range(len(photos))]
         np.testing.assert_allclose(err, manual, rtol=1e-6)
-        psnr = ev.psnr_per_image(photos, rec)
+        psnr = metrics.psnr_per_image(photos, rec)
         mse = ((photos.astype(np.float64).transpose(0, 3, 1, 2) - rec) ** 2).reshape(len(photos), -1).mean(1)
         np.testing.assert_allclose(psnr, 10 * np.log10(255.0 ** 2 / mse), rtol=1e-6)
-        errs.append((err.mean(), psnr.mean(), ev.ssim_per_image(photos, rec).mean()))
+        errs.append((err.mean(), psnr.mean(), metrics.ssim_per_image(photos, rec).mean()))
     assert errs[0][0] < errs[1][0] < errs[2][0]          # error grows with the noise
     assert errs[0][1] > errs[1][1] > errs[2][1]          # PSNR falls
     assert errs[0][2] > errs[1][2] > errs[2][2]          # SSIM falls
@@ -138,62 +137,62 @@ def test_reconstructions_are_resized_bilinearly_and_clipped(photos):
     const[1] = 200
     const[2] = 10
     rec = np.stack([np.full((3, 8, 8), v, np.float32) for v in (77.0, 200.0, 10.0)])
-    err, _ = ev.normalized_errors(const, rec)
+    err, _ = metrics.normalized_errors(const, rec)
     assert np.all(err == 0)
     # a half-size reconstruction is compared after torch's bilinear up-sampling (align_corners=False)
     half = blurred(photos)
     up = F.interpolate(torch.from_numpy(half), size=(SIZE, SIZE), mode="bilinear", align_corners=False).numpy()
-    np.testing.assert_allclose(ev.normalized_errors(photos, half)[0], ev.normalized_errors(photos, up)[0], rtol=1e-6)
+    np.testing.assert_allclose(metrics.normalized_errors(photos, half)[0], metrics.normalized_errors(photos, up)[0], rtol=1e-6)
     # values outside [0, 255] are clipped before the error
     sat = np.clip((photos.astype(np.int64) - 64) * 2, 0, 255).astype(np.uint8)  # contrast-stretched
     over = nchw(sat)
     assert (over == 255).sum() > 10 and (over == 0).sum() > 10
     over[over == 255] = 400.0
     over[over == 0] = -100.0
-    np.testing.assert_allclose(ev.normalized_errors(sat, over)[0], 0.0, atol=1e-12)
+    np.testing.assert_allclose(metrics.normalized_errors(sat, over)[0], 0.0, atol=1e-12)
 
 
 def test_mean_image_error_matches_independent_value(photos):
     m = photos.astype(np.float64).mean(axis=0)
     norm = brute_norm(photos)
     expected = np.mean([np.linalg.norm(photos[i].astype(np.float64) - m) for i in range(len(photos))]) / norm
-    err, n = ev.mean_image_errors(photos, m)
+    err, n = metrics.mean_image_errors(photos, m)
     assert n == pytest.approx(norm)
     assert err.mean() == pytest.approx(expected, rel=1e-9)
     # the mean image is the best constant predictor in squared error: beats a grey image
     grey = np.full_like(m, 128.0)
-    assert np.mean(ev.mean_image_errors(photos, grey, norm)[0] ** 2) > np.mean(err ** 2)
+    assert np.mean(metrics.mean_image_errors(photos, grey, norm)[0] ** 2) > np.mean(err ** 2)
 
 
 def test_feature_errors(photos):
     f = GradCells()(torch.from_numpy(nchw(photos)))
-    err, norm = ev.feature_errors(f, f)
+    err, norm = metrics.feature_errors(f, f)
     assert np.all(err == 0) and norm == pytest.approx(brute_norm(f.numpy()), rel=1e-9)
     g = GradCells()(torch.from_numpy(blurred(photos, half=False)))
-    err, _ = ev.feature_errors(g, f)
+    err, _ = metrics.feature_errors(g, f)
     manual = np.linalg.norm((g - f).reshape(len(f), -1).double().numpy(), axis=1) / norm
     np.testing.assert_allclose(err, manual, rtol=1e-6)
     assert np.all(err > 0)
     with pytest.raises(ValueError, match="shapes differ"):
-        ev.feature_errors(g[:, :2], f)
+        metrics.feature_errors(g[:, :2], f)
 
 
 def test_summarize_t_and_bootstrap():
     v = np.array([0.2, 0.25, 0.31, 0.18, 0.4, 0.22, 0.27])
-    s = ev.summarize(v, ci="t")
+    s = metrics.summarize(v, ci="t")
     from scipy import stats
 
     h = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
     assert (s.mean, s.std, s.n) == pytest.approx((v.mean(), v.std(ddof=1), 7))
     assert (s.ci_low, s.ci_high) == pytest.approx((v.mean() - h, v.mean() + h))
-    b = ev.summarize(v, seed=4)
+    b = metrics.summarize(v, seed=4)
     assert b.ci_low < v.mean() < b.ci_high
     assert v.min() < b.ci_low and b.ci_high < v.max()
-    assert b == ev.summarize(v, seed=4)  # reproducible
-    one = ev.summarize([0.5])
+    assert b == metrics.summarize(v, seed=4)  # reproducible
+    one = metrics.summarize([0.5])
     assert one.mean == one.ci_low == one.ci_high == 0.5 and math.isnan(one.std)
     with pytest.raises(ValueError, match="ci must be"):
-        ev.summarize(v, ci="normal")
+        metrics.summarize(v, ci="normal")
 
 
 # --------------------------------------------------------------------------- perturbations
@@ -210,7 +209,7 @@ def _norms(x):
 
 @pytest.mark.parametrize("kind", ["binarize", "drop50", "drop50-smallest", "drop50+binarize", "drop50-smallest+binarize"])
 def test_perturbations_keep_the_l2_norm(feats, kind):
-    y = ev.perturb(feats, kind, seed=1)
+    y = perturbations.perturb(feats, kind, seed=1)
     assert y.shape == feats.shape
     torch.testing.assert_close(_norms(y), _norms(feats), rtol=1e-5, atol=0)
     assert not torch.equal(y, feats)
@@ -218,17 +217,17 @@ def test_perturbations_keep_the_l2_norm(feats, kind):
 
 def test_binarize_keeps_signs_and_sets_one_magnitude(feats):
     x = torch.cat([feats, -feats[:2]])  # signed vectors too (fc8 has negative entries)
-    y = ev.binarize(x)
+    y = perturbations.binarize(x)
     assert torch.equal(torch.sign(y), torch.sign(x))
     for v in y.reshape(len(y), -1):
         mags = v[v != 0].abs()
         assert torch.allclose(mags, mags[0].expand_as(mags))
     z = torch.zeros(2, 5)
-    assert torch.equal(ev.binarize(z), z)
+    assert torch.equal(perturbations.binarize(z), z)
 
 
 def test_dropout_zeroes_half_at_random_and_is_seeded(feats):
-    y = ev.dropout(feats, 0.5, seed=3)
+    y = perturbations.dropout(feats, 0.5, seed=3)
     flat_x, flat_y = feats.reshape(len(feats), -1), y.reshape(len(y), -1)
     n = flat_x.shape[1]
     kept = flat_y != 0
@@ -239,17 +238,17 @@ def test_dropout_zeroes_half_at_random_and_is_seeded(feats):
     dropped_any = (flat_x != 0) & (flat_y == 0)
     frac = dropped_any.sum(1).float() / (flat_x != 0).sum(1).float()
     assert 0.3 < frac.mean() < 0.7  # about half of the non-zeros fall among the dropped half
-    assert torch.equal(y, ev.dropout(feats, 0.5, seed=3))
-    assert not torch.equal(y, ev.dropout(feats, 0.5, seed=4))
+    assert torch.equal(y, perturbations.dropout(feats, 0.5, seed=3))
+    assert not torch.equal(y, perturbations.dropout(feats, 0.5, seed=4))
     # exactly half of the entries are chosen: on a dense vector half are zero
-    d = ev.dropout(torch.arange(1.0, 101.0)[None], 0.5, seed=0)
+    d = perturbations.dropout(torch.arange(1.0, 101.0)[None], 0.5, seed=0)
     assert int((d == 0).sum()) == 50
     with pytest.raises(ValueError, match="dropout fraction"):
-        ev.dropout(feats, 1.0)
+        perturbations.dropout(feats, 1.0)
 
 
 def test_drop_smallest_removes_the_smallest_nonzeros(feats):
-    y = ev.drop_smallest(feats, 0.5)
+    y = perturbations.drop_smallest(feats, 0.5)
     for vx, vy in zip(feats.reshape(len(feats), -1), y.reshape(len(y), -1)):
         nz = vx != 0
         k = int(math.floor(0.5 * int(nz.sum())))
@@ -261,14 +260,14 @@ def test_drop_smallest_removes_the_smallest_nonzeros(feats):
 
 def test_top_k_split(feats):
     v = torch.randn(3, 1000, 1, 1, generator=torch.Generator().manual_seed(0))
-    top, rest = ev.top_k_only(v, 5), ev.without_top_k(v, 5)
+    top, rest = perturbations.top_k_only(v, 5), perturbations.without_top_k(v, 5)
     assert torch.equal(top + rest, v)
     assert ((top != 0).reshape(3, -1).sum(1) == 5).all()
     assert torch.equal(top.reshape(3, -1).max(1).values, v.reshape(3, -1).max(1).values)
 
 
 def test_interpolate_endpoints(feats):
-    seq = ev.interpolate(feats[0], feats[1], 5)
+    seq = perturbations.interpolate(feats[0], feats[1], 5)
     assert seq.shape == (5, *feats.shape[1:])
     torch.testing.assert_close(seq[0], feats[0])
     torch.testing.assert_close(seq[-1], feats[1])
@@ -279,7 +278,7 @@ def test_histogram_sampler_matches_sparsity_and_range(photos):
     # reference features of many crops of photos (the paper used 4096 images)
     crops = np.stack([photos[i % 8][(i // 8) % 4:][:24, (i // 32) % 4:][:, :24] for i in range(64)])
     f = GradCells()(torch.from_numpy(nchw(crops)))
-    s = ev.HistogramSampler(bins=16, contrast=2.0).fit(f)
+    s = perturbations.HistogramSampler(bins=16, contrast=2.0).fit(f)
     x = s.sample(400, seed=0)
     assert x.shape == (400, *f.shape[1:])
     ref_sparsity = float((f != 0).float().mean())
@@ -296,11 +295,11 @@ def test_histogram_sampler_matches_sparsity_and_range(photos):
 def test_truncated_gaussian_sampler_recovers_a_rectified_gaussian():
     rng = np.random.default_rng(0)
     data = np.maximum(rng.normal(0.5, 2.0, (4000, 16)), 0).astype(np.float32)
-    s = ev.TruncatedGaussianSampler().fit(torch.from_numpy(data))
+    s = perturbations.TruncatedGaussianSampler().fit(torch.from_numpy(data))
     assert s.rectified and s.mu == pytest.approx(0.5, abs=0.08) and s.sigma == pytest.approx(2.0, rel=0.03)
     x = s.sample(2000, seed=1)
     assert float((x == 0).float().mean()) == pytest.approx(float((data == 0).mean()), abs=0.02)
-    signed = ev.TruncatedGaussianSampler().fit(torch.from_numpy(rng.normal(-1, 3, (500, 8)).astype(np.float32)))
+    signed = perturbations.TruncatedGaussianSampler().fit(torch.from_numpy(rng.normal(-1, 3, (500, 8)).astype(np.float32)))
     assert not signed.rectified and signed.mu == pytest.approx(-1, abs=0.2)
 
 
@@ -356,7 +355,7 @@ def test_table2_cli_rows_columns_values_and_captions(workspace, photos):
                "--out", str(out), "--per-image", str(w["tmp"] / "per_image.csv")])
     assert rc == 0
     rows = read_csv(out)
-    assert list(rows[0]) == list(ev.TABLE2_COLUMNS)
+    assert list(rows[0]) == list(tables.TABLE2_COLUMNS)
     # paper order, rows without inputs (HOGgles, SIFT, LBP) omitted, the floor last
     assert [r["row"] for r in rows] == ["mv-hog", "ours-hog", "mean-image"]
     assert [r["paper_error"] for r in rows] == ["0.63", "0.24", ""]
@@ -419,7 +418,7 @@ def test_mv_table1_cli_feature_space_errors(workspace, photos):
                "--dataset", "photos", "--out", str(out)])
     assert rc == 0
     rows = read_csv(out)
-    assert list(rows[0]) == list(ev.MV_TABLE1_COLUMNS)
+    assert list(rows[0]) == list(tables.MV_TABLE1_COLUMNS)
     assert [r["row"] for r in rows] == ["hog", "dsift"]
     assert [r["paper_error_pct"] for r in rows] == ["28.1", "10.89"]
     assert float(rows[0]["error_pct_mean"]) == 0.0
@@ -457,10 +456,10 @@ def test_figure7_cli_csv_png_and_untrained_caption(workspace):
                "--label", "mine=My curve", "--out", str(out)])
     assert rc == 0
     rows = read_csv(out)
-    assert list(rows[0]) == list(ev.FIGURE7_COLUMNS)
+    assert list(rows[0]) == list(figures.FIGURE7_COLUMNS)
     assert [(r["curve"], r["layer"]) for r in rows] == [("ours", "conv1"), ("ours", "conv2"),
                                                        ("ours-bin", "conv1"), ("mine", "fc8")]
-    assert rows[0]["label"] == ev.FIGURE7_CURVES["ours"] and rows[3]["label"] == "My curve"
+    assert rows[0]["label"] == figures.FIGURE7_CURVES["ours"] and rows[3]["label"] == "My curve"
     assert float(rows[0]["error_mean"]) < float(rows[1]["error_mean"])
     png = out.with_suffix(".png")
     with Image.open(png) as im:
@@ -526,7 +525,7 @@ def test_figure_functions_with_a_decoder_callable(tmp_path, photos, feats):
     figures.figure_interpolation(tmp_path / "fig10.png", {"l1": (feats[0], feats[1], dec)}, steps=4,
                                  caption="interp", endpoints=photos[:2])
     _nonblank_png(tmp_path / "fig10.png")
-    s = ev.HistogramSampler(bins=8).fit(feats)
+    s = perturbations.HistogramSampler(bins=8).fit(feats)
     figures.figure_random(tmp_path / "fig11.png", {"l1": (dec, s)}, count=4, caption="random")
     _nonblank_png(tmp_path / "fig11.png")
     figures.reconstruction_grid(tmp_path / "g.png", photos[:2], {"half": list(blurred(photos[:2]))}, caption="grid")
@@ -565,20 +564,20 @@ def test_table2_checks_report_failures():
 
     good = [rec("hoggles", "hoggles", 0.6), rec("mv-hog", "mahendran-vedaldi", 0.63), rec("ours-hog", "ours", 0.3),
             rec("ours-lbp", "ours", 0.5), rec("mean-image", "mean-image", 0.7)]
-    lines = ev.table2_checks(good)
+    lines = tables.table2_checks(good)
     assert len(lines) == 2 and lines[0].endswith("yes") and lines[1].endswith("yes")
     bad = [dict(r, error_mean=0.65) if r["row"] == "ours-lbp" else r for r in good]
-    assert ev.table2_checks(bad)[1].endswith("NO")  # 0.65 > 0.9 * 0.7
+    assert tables.table2_checks(bad)[1].endswith("NO")  # 0.65 > 0.9 * 0.7
     worse = [dict(r, error_mean=0.62) if r["row"] == "ours-hog" else r for r in good]
-    assert ev.table2_checks(worse)[0].endswith("NO")  # above HOGgles
-    assert ev.table2_checks([rec("ours-hog", "ours", 0.3)]) == []
+    assert tables.table2_checks(worse)[0].endswith("NO")  # above HOGgles
+    assert tables.table2_checks([rec("ours-hog", "ours", 0.3)]) == []
 
 
 def test_representation_of_store_layouts():
     direct = {"path": "a.h5", "attrs": {"feature": "hog"}, "params": {"cell": 8}}
     nested = {"path": "b.h5", "attrs": {"feature": "reconstruction"},
               "params": {"representation": "hog", "feature": {"name": "hog", "params": {"cell": 8}}}}
-    assert ev.representation_of_store(direct) == ("hog", {"cell": 8})
-    assert ev.representation_of_store(nested) == ("hog", {"cell": 8})
+    assert tables.representation_of_store(direct) == ("hog", {"cell": 8})
+    assert tables.representation_of_store(nested) == ("hog", {"cell": 8})
     with pytest.raises(ValueError, match="b.h5.*--feature"):
-        ev.representation_of_store({**nested, "params": {"representation": "hog"}})
+        tables.representation_of_store({**nested, "params": {"representation": "hog"}})

@@ -1,15 +1,17 @@
-"""Figures as PNG (matplotlib, Agg backend): image grids, Figure 7's curves,
-and the AlexNet studies of seed 000 (Figures 3/5, 8, 9, 10, 11).
+"""The papers' figures: Figure 7's data (error per AlexNet layer) and every
+figure as PNG (matplotlib, Agg backend): image grids, Figure 7's curves, and
+the AlexNet studies of Dosovitskiy & Brox 2016 (Figures 3/5, 8, 9, 10, 11).
 
 Every writer takes a ``caption`` (dataset, weights, "untrained" when the
-encoder was random; see :func:`pipeline.evaluate.caption_text`), puts it in
-the PNG as a title and writes it beside the file as ``<file>.caption.txt``
-for the Snakemake report.  Files are written atomically.
+encoder was random; see :func:`pipeline.evaluation.report.caption_text`),
+puts it in the PNG as a title and writes it beside the file as
+``<file>.caption.txt`` for the Snakemake report.  Files are written
+atomically.
 
 A *decoder* here is any callable mapping a feature batch ``(B, D, h, w)``
 (torch tensor) to images ``(B, 3, H, W)`` float in [0, 255] (tensor or
 array, any device), e.g. the first value of
-:func:`pipeline.evaluate.load_decoder_callable`.
+:func:`pipeline.evaluation.commands.load_decoder_callable`.
 """
 from __future__ import annotations
 
@@ -23,13 +25,67 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.evaluate import (  # noqa: E402
-    ALEXNET_LAYERS, interpolate, perturb, prepare_reconstructions, top_k_only, without_top_k,
-    write_caption_sidecar,
+from pipeline.evaluation.metrics import (  # noqa: E402
+    images_nchw, mean_pairwise_distance, normalized_errors, prepare_reconstructions, summarize,
 )
+from pipeline.evaluation.perturbations import interpolate, perturb, top_k_only, without_top_k  # noqa: E402
+from pipeline.evaluation.report import weights_in, write_caption_sidecar  # noqa: E402
+from pipeline.evaluation.testset import TestSet, read_reconstructions  # noqa: E402
 from pipeline.io import atomic_path  # noqa: E402
 
+#: AlexNet layers in network order (the x axis of Figure 7).
+ALEXNET_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+#: Figure 7 curve ids -> legend labels; other ids are allowed and labelled by themselves.
+FIGURE7_CURVES: dict[str, str] = {
+    "ours": "Our (fixed AlexNet)",
+    "mv": "Mahendran & Vedaldi [19]",
+    "ae": "Autoencoder",
+    "ours-bin": "Our, binarised",
+    "ours-drop50": "Our, 50% dropout",
+    "ours-drop50-smallest": "Our, dropout of the 50% smallest",
+    "ours-drop50+bin": "Our, 50% dropout + binarised",
+    "ours-drop50-smallest+bin": "Our, 50% smallest dropped + binarised",
+    "ae-bin": "Autoencoder, binarised",
+    "ae-drop50": "Autoencoder, 50% dropout",
+}
+
+FIGURE7_COLUMNS = (
+    "curve", "label", "layer", "dataset", "n_images", "error_mean", "error_std",
+    "error_ci95_low", "error_ci95_high", "normaliser", "ci_method",
+)
+
 Decoder = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
+
+# --------------------------------------------------------------------------- Figure 7
+
+
+def _layer_order(layer: str) -> tuple[int, str]:
+    return (ALEXNET_LAYERS.index(layer), layer) if layer in ALEXNET_LAYERS else (len(ALEXNET_LAYERS), layer)
+
+
+def figure7(test: TestSet, points: dict[tuple[str, str], list[str]], *, dataset: str, labels: dict | None = None,
+            ci: str = "bootstrap", seed: int = 0, norm_max_images: int | None = None) -> tuple[list[dict], set]:
+    """Figure 7 records, one per (curve, layer) given, and the encoder weights seen in the stores."""
+    labels = {**FIGURE7_CURVES, **(labels or {})}
+    norm = mean_pairwise_distance(images_nchw(test.images), max_items=norm_max_images, seed=seed)
+    curves = list(dict.fromkeys(c for c, _ in points))
+    records, weights = [], set()
+    for c in curves:
+        for layer in sorted((l for cc, l in points if cc == c), key=_layer_order):
+            idx, recs, meta = read_reconstructions(test, points[(c, layer)])
+            for m in meta:
+                weights |= weights_in(m["params"])
+            err, _ = normalized_errors(test.images[idx], recs, norm)
+            s = summarize(err, ci=ci, seed=seed)
+            records.append({"curve": c, "label": labels.get(c, c), "layer": layer, "dataset": dataset,
+                            "n_images": s.n, "error_mean": s.mean, "error_std": s.std,
+                            "error_ci95_low": s.ci_low, "error_ci95_high": s.ci_high,
+                            "normaliser": norm, "ci_method": s.method})
+    return records, weights
+
+
+# --------------------------------------------------------------------------- drawing
 
 
 def to_uint8_hwc(img) -> np.ndarray:
@@ -93,7 +149,7 @@ def _decode(decoder: Decoder, feats) -> np.ndarray:
 
 def reconstruction_grid(path, images, columns: Mapping[str, Sequence], *, caption: str = "",
                         input_label: str = "Image") -> None:
-    """Seed 000 Figures 3/5: rows = images, columns = input | each labelled set of reconstructions.
+    """Dosovitskiy & Brox 2016, Figures 3/5: rows = images, columns = input | each labelled set of reconstructions.
 
     ``columns[label][i]`` is the reconstruction (3, h, w) of ``images[i]``
     (or None), resized bilinearly to the image size.
@@ -111,7 +167,7 @@ def reconstruction_grid(path, images, columns: Mapping[str, Sequence], *, captio
 
 def plot_layer_errors(path, records: Sequence[dict], *, caption: str = "", layers: Sequence[str] = ALEXNET_LAYERS,
                       dpi: int = 120) -> None:
-    """Seed 000 Figure 7: mean normalised error per layer, one line per curve, 95% interval bars."""
+    """Dosovitskiy & Brox 2016, Figure 7: mean normalised error per layer, one line per curve, 95% interval bars."""
     if not records:
         raise ValueError("plot_layer_errors: no records")
     order = list(layers) + sorted({r["layer"] for r in records} - set(layers))
@@ -138,7 +194,7 @@ def plot_layer_errors(path, records: Sequence[dict], *, caption: str = "", layer
 
 def figure_topk(path, images, features, decoder: Decoder, *, k: int = 5, labels: Sequence[str] | None = None,
                 caption: str = "") -> None:
-    """Seed 000 Figure 8: image | from all fc8 | top-k only | without top-k, one row per image."""
+    """Dosovitskiy & Brox 2016, Figure 8: image | from all fc8 | top-k only | without top-k, one row per image."""
     f = torch.as_tensor(features).float()
     recs = [_decode(decoder, g) for g in (f, top_k_only(f, k), without_top_k(f, k))]
     rows = [[images[i], recs[0][i], recs[1][i], recs[2][i]] for i in range(len(images))]
@@ -147,7 +203,7 @@ def figure_topk(path, images, features, decoder: Decoder, *, k: int = 5, labels:
 
 def figure_perturbed(path, images, rows: Mapping[str, tuple], *, kinds: Sequence[str] = ("none", "binarize", "drop50"),
                      seed: int = 0, caption: str = "") -> None:
-    """Seed 000 Figure 9: per image a block of rows (one per perturbation kind), columns image | layers.
+    """Dosovitskiy & Brox 2016, Figure 9: per image a block of rows (one per perturbation kind), columns image | layers.
 
     ``rows[layer] = (features of the images (B, ...), decoder)``.
     """
@@ -164,7 +220,7 @@ def figure_perturbed(path, images, rows: Mapping[str, tuple], *, kinds: Sequence
 
 def figure_interpolation(path, rows: Mapping[str, tuple], *, steps: int = 8, caption: str = "",
                          endpoints=None) -> None:
-    """Seed 000 Figure 10: rows = layers, columns = reconstructions of ``(1-t) a + t b``.
+    """Dosovitskiy & Brox 2016, Figure 10: rows = layers, columns = reconstructions of ``(1-t) a + t b``.
 
     ``rows[layer] = (features of image A, features of image B, decoder)``
     (single items without the batch dimension); ``endpoints`` optionally the
@@ -184,10 +240,10 @@ def figure_interpolation(path, rows: Mapping[str, tuple], *, steps: int = 8, cap
 
 
 def figure_random(path, rows: Mapping[str, tuple], *, count: int = 7, seed: int = 0, caption: str = "") -> None:
-    """Seed 000 Figure 11: rows = layers, ``count`` images from random feature vectors.
+    """Dosovitskiy & Brox 2016, Figure 11: rows = layers, ``count`` images from random feature vectors.
 
     ``rows[layer] = (decoder, fitted sampler)`` (a
-    :class:`pipeline.evaluate.HistogramSampler` or ``TruncatedGaussianSampler``).
+    :class:`pipeline.evaluation.perturbations.HistogramSampler` or ``TruncatedGaussianSampler``).
     """
     grid = [list(_decode(dec, sampler.sample(count, seed=seed))) for dec, sampler in rows.values()]
     image_grid(path, grid, row_labels=list(rows), caption=caption)
