@@ -6,12 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.features import traits
 from pipeline.decoders.architectures import (
     Block,
     Decoder,
     build_decoder,
     decoder_from_args,
-    kind_for,
+    decoder_kind,
     layer_shapes,
     resize_images,
 )
@@ -188,20 +189,21 @@ def test_upconvolution_is_zero_insertion_then_convolution():
     assert (up.kernel_size, up.stride, up.padding, up.output_padding) == ((5, 5), (2, 2), (2, 2), (1, 1))
 
 
-def test_kind_for_representation_names():
-    assert kind_for("hog") == kind_for("hogb") == "hog"
-    assert kind_for("lbp") == "lbp"
-    assert kind_for("sift") == kind_for("dsift") == "sift"
-    for layer in ("fc6", "fc7", "fc8", "relu7"):
-        assert kind_for(f"alexnet_{layer}") == "fc"
-        assert kind_for(f"caffenet-{layer}") == "fc"
+def test_decoder_family_comes_from_the_feature_registry():
+    """The feature's registry traits, never the representation's label, pick the decoder."""
+    assert decoder_kind("hog", {}, (31, 8, 8)) == decoder_kind("hogb", {}, (31, 8, 8)) == "hog"
+    assert decoder_kind("lbp", {"cell_size": 8}, (58, 8, 8)) == "lbp"
+    assert decoder_kind("sift", {}, (133, 16, 16)) == decoder_kind("dsift", {}, (128, 5, 5)) == "sift"
+    for layer in ("fc6", "fc7", "fc8", "relu7", "fc8_raw"):
+        assert decoder_kind("alexnet", {"layer": layer}, (1000, 1, 1)) == "fc"
     for layer in ("conv1", "conv5", "pool5", "pool1", "norm2", "relu3"):
-        assert kind_for(f"alexnet_{layer}") == "conv"
-    assert kind_for("alexnet.conv5.ae") == "conv"
-    assert kind_for("mystery", in_shape=(10, 1, 1)) == "fc"
-    assert kind_for("mystery", in_shape=(10, 4, 4)) == "conv"
-    with pytest.raises(ValueError, match="mystery"):
-        kind_for("mystery")
+        # conv5 of a 64-px image is a 1x1 map: still the convolutional decoder
+        assert decoder_kind("alexnet", {"layer": layer}, (256, 1, 1)) == "conv"
+    assert decoder_kind("torch", {"model": "m", "layer": "x"}, (10, 1, 1)) == "fc"
+    assert decoder_kind("torch", {"model": "m", "layer": "x"}, (10, 4, 4)) == "conv"
+    assert traits("hog").grey and traits("lbp").grey and not traits("alexnet").grey
+    with pytest.raises(ValueError, match="mystery.*--kind"):
+        decoder_kind("mystery", {}, (10, 4, 4))
 
 
 def test_rebuild_from_build_args_and_pixel_units():

@@ -19,6 +19,7 @@ from pipeline.evaluation import figures, metrics, perturbations, tables
 from pipeline.features import register, to_gray
 from pipeline.data.shards import Sample, write_shard
 from pipeline.store import FeatureStore, write_store
+from pipeline.vocabulary import FIGURE7_CURVES
 
 
 @register("test_eval_grad")
@@ -459,7 +460,7 @@ def test_figure7_cli_csv_png_and_untrained_caption(workspace):
     assert list(rows[0]) == list(figures.FIGURE7_COLUMNS)
     assert [(r["curve"], r["layer"]) for r in rows] == [("ours", "conv1"), ("ours", "conv2"),
                                                        ("ours-bin", "conv1"), ("mine", "fc8")]
-    assert rows[0]["label"] == figures.FIGURE7_CURVES["ours"] and rows[3]["label"] == "My curve"
+    assert rows[0]["label"] == FIGURE7_CURVES["ours"] and rows[3]["label"] == "My curve"
     assert float(rows[0]["error_mean"]) < float(rows[1]["error_mean"])
     png = out.with_suffix(".png")
     with Image.open(png) as im:

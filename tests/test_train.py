@@ -31,7 +31,7 @@ SIZE = 32
 REPO = Path(__file__).resolve().parents[1]
 
 
-@register("test_avgpool8")
+@register("test_avgpool8", grey=True, decoder="hog")
 class AvgPool8(nn.Module):
     """Grey level averaged over 8x8 cells, / 255: (1, H/8, W/8)."""
 
@@ -107,7 +107,7 @@ def data(tmp_path_factory):
 
 
 def _args(data, out, *extra, steps=6, lr=1e-3):
-    return ["train", "--representation", "hog", "--images", *data["shards"], "--out", str(out),
+    return ["train", "--representation", "hog", "--kind", "hog", "--images", *data["shards"], "--out", str(out),
             "--width", "0.125", "--batch-size", "8", "--steps", str(steps), "--checkpoint-every", "4",
             "--log-every", "1", "--threads", "1", "--seed", "3", "--lr", str(lr), *extra]
 
@@ -442,3 +442,24 @@ def test_torchrun_ddp_on_cpu_matches_a_single_process(data, tmp_path, one_thread
     la = [float(r["loss"]) for r in _rows(single)]
     lb = [float(r["loss"]) for r in _rows(ddp)]
     assert la == pytest.approx(lb, rel=1e-5)
+
+
+def test_the_features_registry_entry_picks_the_decoder_not_the_label(data, tmp_path, one_thread):
+    """A representation called ``texture`` whose stores hold LBP trains the LBP decoder."""
+    from pipeline.features import get_feature
+
+    lbp = get_feature("lbp", cell_size=8)
+    stores = []
+    for s, shard in enumerate(data["shards"]):
+        keys, images, _ = load_shard_arrays(shard)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+        path = tmp_path / f"lbp-{s}.h5"
+        write_store(path, keys, lbp(x).numpy(), feature="lbp", params=lbp.params, dtype="float32")
+        stores.append(str(path))
+    out = tmp_path / "texture"
+    args = _args(data, out, "--features", *stores, steps=2)
+    args[args.index("--representation") + 1] = "texture"
+    del args[args.index("--kind"):args.index("--kind") + 2]  # auto: from the stores' feature
+    assert main(args) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["representation"] == "texture" and cfg["kind"] == "lbp"

@@ -71,7 +71,7 @@ the initial noise) is clamped to ``mean +- clamp * B`` (:data:`CLAMP`,
 default 4 B = 512 grey levels): a projection that is inactive in normal
 operation.
 
-Representations of grey images (:data:`GRAY_FEATURES`: HOG, HOGb, DSIFT,
+Representations of grey images (registry trait ``grey``: HOG, HOGb, DSIFT,
 LBP, SIFT) are inverted in one channel with ``m = 128`` (the authors'
 ``255 * rgb2gray(x) - 128``); colour ones in RGB with ``m`` the ImageNet mean
 colour.
@@ -88,6 +88,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from pipeline.features import available, traits
 
 # --------------------------------------------------------------------------
 # Constants of the paper and of the authors' code
@@ -113,7 +115,6 @@ GRAY_MEAN = 128.0
 #: ImageNet mean colour, RGB (Caffe's ilsvrc_2012_mean channel averages).
 RGB_MEAN = (122.7, 116.7, 104.0)
 #: Representations computed on grey images.
-GRAY_FEATURES = frozenset({"hog", "hogb", "dsift", "lbp", "sift"})
 
 #: Mahendran & Vedaldi 2015 Table 2: the 20 layers of CNN-A, numbered 1..20.
 CNN_A_LAYERS = (
@@ -297,7 +298,11 @@ class TVNorm(Term):
 
 
 def is_gray_feature(feature: torch.nn.Module) -> bool:
-    return bool(getattr(feature, "grayscale", False)) or getattr(feature, "name", None) in GRAY_FEATURES
+    """Whether ``feature`` reads grey images: its registry traits, or a ``grayscale`` attribute."""
+    if getattr(feature, "grayscale", False):
+        return True
+    name = getattr(feature, "name", None)
+    return name in available() and traits(name).grey
 
 
 def as_images(x) -> torch.Tensor:

@@ -71,12 +71,13 @@ and 28 -> 227 give 3 for HOG, 57 -> 227 gives 2 for SIFT's ceil grid.
 from __future__ import annotations
 
 import math
-import re
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pipeline.features import traits
 
 LEAK = 0.2
 KINDS = ("fc", "conv", "hog", "lbp", "sift")
@@ -381,37 +382,21 @@ def decoder_from_args(args: dict) -> Decoder:
     return build_decoder(args["kind"], tuple(args["in_shape"]), tuple(args["out_size"]), args["width"])
 
 
-_FC_RE = re.compile(r"(?:fc|relu|drop)[678](?![0-9])")
-_CONV_RE = re.compile(r"(?:conv|pool|mpool|norm|relu)[1-5](?![0-9])")
-
-
-def kind_for(representation: str, in_shape=None) -> str:
-    """Decoder kind for a representation name.
-
-    ``hog``/``hogb`` -> hog, ``lbp`` -> lbp, ``sift``/``dsift`` -> sift;
-    AlexNet/CaffeNet ``fc6``/``fc7``/``fc8`` (and relu6/7, drop6/7) -> fc,
-    ``conv1``..``conv5`` and their pool/norm/relu taps -> conv (the layer name
-    may be embedded, e.g. ``alexnet_conv5``, ``caffenet-fc8``).  Other names
-    fall back on ``in_shape``: a 1x1 map -> fc, else conv.
-    """
-    name = representation.lower()
-    tokens = set(re.split(r"[^a-z0-9]+", name))
-    if tokens & {"hog", "hogb"} or name.startswith("hog"):
-        return "hog"
-    if "lbp" in tokens or name.startswith("lbp"):
-        return "lbp"
-    if tokens & {"sift", "dsift"} or name.startswith(("sift", "dsift")):
-        return "sift"
-    if _FC_RE.search(name):
-        return "fc"
-    if _CONV_RE.search(name):
-        return "conv"
-    if in_shape is not None:
+def decoder_kind(feature: str, params: dict, in_shape) -> str:
+    """The decoder family that inverts the registered representation ``feature``
+    (its registry traits, :func:`pipeline.features.traits`): ``by-shape`` gives
+    ``fc`` for a 1x1 feature map and ``conv`` otherwise."""
+    try:
+        kind = traits(feature).decoder
+    except KeyError as e:
+        raise ValueError(f"{e.args[0]}: give the decoder family with --kind ({', '.join(KINDS)})") from None
+    if callable(kind):
+        kind = kind(params or {})
+    if kind == "by-shape":
         return "fc" if int(in_shape[1]) * int(in_shape[2]) == 1 else "conv"
-    raise ValueError(
-        f"cannot tell the decoder kind of representation {representation!r}: "
-        f"name it after hog/lbp/sift/an AlexNet layer, or pass the kind ({', '.join(KINDS)})"
-    )
+    if kind not in KINDS:
+        raise ValueError(f"feature {feature!r}: decoder family {kind!r} is not one of {', '.join(KINDS)}")
+    return kind
 
 
 def layer_shapes(decoder: Decoder, batch: int = 1) -> list[tuple[str, tuple[int, ...]]]:

@@ -70,7 +70,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline import __version__
-from pipeline.decoders.architectures import KINDS, Decoder, build_decoder, kind_for
+from pipeline.decoders.architectures import KINDS, Decoder, build_decoder, decoder_kind
 from pipeline.decoders.data import PairedData, _collate
 from pipeline.decoders.loop import Run, _catch_sigterm, _finish, _Progress, train_loop
 from pipeline.decoders.modelfile import _set_rng_states, checkpoint_mismatch, file_fingerprints
@@ -301,7 +301,7 @@ def setup(args) -> Run:
     data = load_data(args)
     encoder, feature, in_shape = load_encoder(args, data, device)
     out_size = (args.image_size, args.image_size) if args.image_size else data.image_size
-    kind = kind_for(args.representation, in_shape) if args.kind == "auto" else args.kind
+    kind = decoder_kind(feature["name"], feature["params"], in_shape) if args.kind == "auto" else args.kind
     local_batch, steps_per_epoch, total = plan_steps(args, len(data), world)
 
     _seed_all(args.seed)

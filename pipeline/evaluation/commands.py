@@ -16,18 +16,19 @@ import numpy as np
 import torch
 
 from pipeline.evaluation import figures
-from pipeline.evaluation.figures import FIGURE7_COLUMNS, FIGURE7_CURVES, figure7
+from pipeline.evaluation.figures import FIGURE7_COLUMNS, figure7
 from pipeline.evaluation.metrics import compute_mean_image, images_nchw
 from pipeline.evaluation.perturbations import (
-    PERTURBATIONS, HistogramSampler, TruncatedGaussianSampler, perturb,
+    HistogramSampler, TruncatedGaussianSampler, perturb,
 )
 from pipeline.evaluation.report import caption_text, weights_in, write_caption_sidecar, write_csv
 from pipeline.evaluation.tables import (
-    MV_TABLE1_COLUMNS, MV_TABLE1_ROWS, TABLE2_COLUMNS, TABLE2_ROWS, _feature_module, compute_features,
+    MV_TABLE1_COLUMNS, TABLE2_COLUMNS, _feature_module, compute_features,
     mv_table1, render_mv_table1_md, render_table2_md, table2,
 )
 from pipeline.evaluation.testset import TestSet, read_reconstructions
 from pipeline.io import atomic_path, write_text
+from pipeline.vocabulary import FEATURE_TRANSFORMS, FIGURE7_CURVES, MV_TABLE1_ROWS, TABLE2_ROWS
 from pipeline.store import FeatureStore, write_store
 from pipeline.decoders.modelfile import load_model
 from pipeline.decoders.reconstruct import reconstruct_batch
@@ -130,7 +131,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
     q = sub.add_parser("perturb", help="perturb feature stores (binarise, dropout, ...) for Figures 7 and 9")
     q.add_argument("--features", nargs="+", required=True, metavar="STORE")
-    q.add_argument("--kind", required=True, choices=PERTURBATIONS)
+    q.add_argument("--kind", required=True, choices=FEATURE_TRANSFORMS)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", nargs="+", required=True, metavar="STORE", help="one output store per input")
 
@@ -140,7 +141,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
     q = sub.add_parser("fig9", help="Dosovitskiy & Brox 2016, Figure 9: reconstructions from perturbed features per layer")
     _figure_model_args(q, per_layer=True)
-    q.add_argument("--kinds", nargs="+", default=["none", "binarize", "drop50"], choices=PERTURBATIONS)
+    q.add_argument("--kinds", nargs="+", default=["none", "binarize", "drop50"], choices=FEATURE_TRANSFORMS)
 
     q = sub.add_parser("fig10", help="Dosovitskiy & Brox 2016, Figure 10: interpolation between two images' features")
     _figure_model_args(q, per_layer=True)

@@ -32,23 +32,7 @@ from pipeline.evaluation.perturbations import interpolate, perturb, top_k_only, 
 from pipeline.evaluation.report import weights_in, write_caption_sidecar  # noqa: E402
 from pipeline.evaluation.testset import TestSet, read_reconstructions  # noqa: E402
 from pipeline.io import atomic_path  # noqa: E402
-
-#: AlexNet layers in network order (the x axis of Figure 7).
-ALEXNET_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
-
-#: Figure 7 curve ids -> legend labels; other ids are allowed and labelled by themselves.
-FIGURE7_CURVES: dict[str, str] = {
-    "ours": "Our (fixed AlexNet)",
-    "mv": "Mahendran & Vedaldi [19]",
-    "ae": "Autoencoder",
-    "ours-bin": "Our, binarised",
-    "ours-drop50": "Our, 50% dropout",
-    "ours-drop50-smallest": "Our, dropout of the 50% smallest",
-    "ours-drop50+bin": "Our, 50% dropout + binarised",
-    "ours-drop50-smallest+bin": "Our, 50% smallest dropped + binarised",
-    "ae-bin": "Autoencoder, binarised",
-    "ae-drop50": "Autoencoder, 50% dropout",
-}
+from pipeline.vocabulary import ALEXNET_LAYERS, FIGURE7_CURVES  # noqa: E402
 
 FIGURE7_COLUMNS = (
     "curve", "label", "layer", "dataset", "n_images", "error_mean", "error_std",

@@ -20,11 +20,8 @@ import numpy as np
 import torch
 
 from pipeline.evaluation.metrics import _as_tensor
+from pipeline.vocabulary import FEATURE_TRANSFORMS
 
-PERTURBATIONS = (
-    "none", "binarize", "drop50", "drop50-smallest", "drop50+binarize",
-    "drop50-smallest+binarize", "top5", "notop5",
-)
 
 # --------------------------------------------------------------------------- perturbations
 
@@ -109,7 +106,7 @@ def without_top_k(x: torch.Tensor, k: int = 5) -> torch.Tensor:
 
 
 def perturb(x: torch.Tensor, kind: str, seed: int | None = 0) -> torch.Tensor:
-    """Apply one named perturbation (:data:`PERTURBATIONS`) to a batch of feature vectors."""
+    """Apply one named transform (:data:`pipeline.vocabulary.FEATURE_TRANSFORMS`) to a batch of feature vectors."""
     if kind == "none":
         return _as_tensor(x)
     if kind == "binarize":
@@ -126,7 +123,7 @@ def perturb(x: torch.Tensor, kind: str, seed: int | None = 0) -> torch.Tensor:
         return top_k_only(x, 5)
     if kind == "notop5":
         return without_top_k(x, 5)
-    raise ValueError(f"unknown perturbation {kind!r}; choose from {', '.join(PERTURBATIONS)}")
+    raise ValueError(f"unknown perturbation {kind!r}; choose from {', '.join(FEATURE_TRANSFORMS)}")
 
 
 def interpolate(a, b, steps: int = 8) -> torch.Tensor:

@@ -21,26 +21,7 @@ from pipeline.evaluation.report import _fmt, markdown_table
 from pipeline.evaluation.testset import TestSet, read_reconstructions
 from pipeline.features import get_feature
 from pipeline.store import FeatureStore
-
-# --------------------------------------------------------------------------- constants
-
-#: Table 2 of Dosovitskiy & Brox 2016: row id -> (display name, method, representation, paper error).
-TABLE2_ROWS: dict[str, tuple[str, str, str, float]] = {
-    "hoggles": ("HOGgles [Vondrick et al.]", "hoggles", "hog", 0.61),
-    "mv-hog": ("HOG⁻¹ [Mahendran & Vedaldi]", "mahendran-vedaldi", "hog", 0.63),
-    "ours-hog": ("HOG ours", "ours", "hog", 0.24),
-    "ours-sift": ("SIFT ours", "ours", "sift", 0.28),
-    "ours-lbp": ("LBP ours", "ours", "lbp", 0.38),
-}
-FLOOR_ROW = "mean-image"
-
-#: Table 1 of Mahendran & Vedaldi 2016: row id -> (name, method, representation, paper error %, paper std %).
-MV_TABLE1_ROWS: dict[str, tuple[str, str, str, float, float]] = {
-    "hoggles": ("HOGgles [Vondrick et al.] (HOG)", "hoggles", "hog", 66.20, 13.7),
-    "hog": ("HOG (Mahendran & Vedaldi)", "mahendran-vedaldi", "hog", 28.10, 7.9),
-    "hogb": ("HOGb (Mahendran & Vedaldi)", "mahendran-vedaldi", "hogb", 10.67, 5.2),
-    "dsift": ("DSIFT (Mahendran & Vedaldi)", "mahendran-vedaldi", "dsift", 10.89, 7.5),
-}
+from pipeline.vocabulary import FLOOR_ROW, MV_TABLE1_ROWS, TABLE2_ROWS
 
 # --------------------------------------------------------------------------- row evaluation
 

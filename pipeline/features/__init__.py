@@ -8,32 +8,67 @@ the papers' VLFeat/MATLAB code used: 0.2989 R + 0.5870 G + 0.1140 B).
 
 Every module carries ``name`` (str), ``params`` (dict of its parameters, as
 recorded in feature stores) and ``output_shape(H, W) -> (D, h, w)``.
+
+Each registered name declares its traits (:class:`Traits`): whether it is
+computed on grey images (the optimisation baselines then reconstruct one
+channel) and which decoder family of Dosovitskiy & Brox 2016 inverts it.
+The rest of the pipeline reads them with :func:`traits`, never from a
+representation's label.
 """
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
+#: Decoder families (Dosovitskiy & Brox 2016, Tables 4-8); ``by-shape``: ``fc`` for a
+#: 1x1 feature map, ``conv`` otherwise (the deep networks' layers).
+DECODER_FAMILIES = ("hog", "lbp", "sift", "conv", "fc", "by-shape")
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What the pipeline needs to know of a representation besides its values."""
+
+    grey: bool = False  # computed on grey images (colour input goes through to_gray)
+    # the decoder family that inverts it (DECODER_FAMILIES), or a function of the
+    # feature's parameters giving one (a network's layer decides it)
+    decoder: str | Callable[[dict], str] = "by-shape"
+
+
 _REGISTRY: dict[str, Callable[..., torch.nn.Module]] = {}
+_TRAITS: dict[str, Traits] = {}
 # Modules that register the built-in representations when imported.
 _BUILTIN_MODULES = ("hog", "lbp", "sift", "alexnet", "torchmodel")
 _loaded = False
 
 
-def register(name: str):
-    """Decorator: register a factory (class or function) under ``name``."""
+def register(name: str, *, grey: bool = False, decoder: str | Callable[[dict], str] = "by-shape"):
+    """Decorator: register a factory (class or function) under ``name`` with its traits."""
+    if not callable(decoder) and decoder not in DECODER_FAMILIES:
+        raise ValueError(f"feature {name!r}: decoder {decoder!r} is not one of {DECODER_FAMILIES}")
 
     def deco(factory):
         if name in _REGISTRY and _REGISTRY[name] is not factory:
             raise ValueError(f"feature {name!r} registered twice")
         _REGISTRY[name] = factory
+        _TRAITS[name] = Traits(grey=grey, decoder=decoder)
         return factory
 
     return deco
+
+
+def traits(name: str) -> Traits:
+    """The registered traits of the representation ``name``."""
+    _load_builtins()
+    try:
+        return _TRAITS[name]
+    except KeyError:
+        raise KeyError(f"unknown feature {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
 
 
 def _load_builtins() -> None:

@@ -531,7 +531,14 @@ def read_caffemodel(path: str) -> dict[str, list[np.ndarray]]:
 # --------------------------------------------------------------------------- feature
 
 
-@register("alexnet")
+def decoder_family(params: dict) -> str:
+    """Dosovitskiy & Brox 2016: fully connected layers (fc6..fc8 and their relu/drop
+    taps) get the fc decoder (Table 8), the convolutional part the conv one (Table 7)."""
+    layer = str(params.get("layer", "conv5"))
+    return "fc" if any(layer.startswith(p) for p in ("fc", "relu6", "relu7", "drop")) else "conv"
+
+
+@register("alexnet", decoder=decoder_family)
 class AlexNetFeature(nn.Module):
     """One layer of AlexNet as a representation of [0, 255] RGB images.
 

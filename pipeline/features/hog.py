@@ -409,13 +409,13 @@ class HOG(torch.nn.Module):
                 f"bilinear={self.bilinear}")
 
 
-@register("hog")
+@register("hog", grey=True, decoder="hog")
 def hog(cell_size: int = 8, num_orientations: int = 9) -> HOG:
     """VLFeat's UoCTTI HOG with hard orientation assignment (31-D, cell 8)."""
     return HOG(cell_size=cell_size, num_orientations=num_orientations, bilinear=False)
 
 
-@register("hogb")
+@register("hogb", grey=True, decoder="hog")
 def hogb(cell_size: int = 8, num_orientations: int = 9) -> HOG:
     """VLFeat's UoCTTI HOG with bilinear orientation assignment ("HOGb")."""
     return HOG(cell_size=cell_size, num_orientations=num_orientations, bilinear=True)

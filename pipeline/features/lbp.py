@@ -273,7 +273,7 @@ class LBP(torch.nn.Module):
         return f"cell_size={self.cell_size}"
 
 
-@register("lbp")
+@register("lbp", grey=True, decoder="lbp")
 def lbp(cell_size: int = 16) -> LBP:
     """VLFeat's uniform LBP (58-D, cell 16)."""
     return LBP(cell_size=cell_size)

@@ -185,7 +185,7 @@ class DSIFT(torch.nn.Module):
         return f"step={self.step}, bin_size={self.bin_size}, window_size={self.window_size}"
 
 
-@register("dsift")
+@register("dsift", grey=True, decoder="sift")
 def dsift(step: int = 8, bin_size: int = 8, window_size: float = 2.0) -> DSIFT:
     """VLFeat dense SIFT (``vl_dsift``), step and bin size in pixels.  The
     defaults (bin 8, step 8) give HOG's cell size and sampling, as in
@@ -315,7 +315,7 @@ class SparseSIFT(torch.nn.Module):
         return f"backend={self.backend!r}, cell={self.cell}, seed={self.seed}"
 
 
-@register("sift")
+@register("sift", grey=True, decoder="sift")
 def sift(backend: str | None = None, cell: int = 4, seed: int = 0, **vl_params) -> SparseSIFT:
     """Sparse SIFT keypoints on the paper's d = 4 grid (133 channels)."""
     return SparseSIFT(backend=backend, cell=cell, seed=seed, **vl_params)

@@ -1,15 +1,17 @@
 # Configuration validation and the helpers the rules share.
 import json
+import re
 import shlex
 from pathlib import Path
 
 from snakemake.utils import validate
 
+from pipeline.vocabulary import DECODER_METHODS, FIGURE7_CURVES, FIGURE_LAYERS, MV_TABLE1_ROWS, PERTURBATIONS, TABLE2_ROWS
+
 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 
 SPLITS = ["train", "val"]
-PAPER_LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
 
 
 def _check_config():
@@ -126,6 +128,12 @@ wildcard_constraints:
 
 
 # ------------------------------------------------------------ train rules
+#: {method} wildcard of the reconstruct rule: the decoders, and a decoder on perturbed features
+RECONSTRUCT_METHODS = "|".join(
+    re.escape(m) for m in DECODER_METHODS + tuple(f"ours-{k}" for k in PERTURBATIONS)
+)
+
+
 def train_inputs(w):
     rep = w.rep
     inputs = {"images": shard_paths(rep_size(rep), "train")}
@@ -210,38 +218,24 @@ def caption_args(stats=True):
     return args
 
 
+def _row_configured(method, rep):
+    """Whether the config produces ``method``'s reconstructions of ``rep``."""
+    if rep not in REPS:
+        return False
+    if method == "hoggles":
+        return rep == "hog"
+    if method == "mv":
+        return rep in config["mv"]["representations"]
+    return rep in config["decoders"]["train"]
+
+
 def table2_rows():
     """Table 2 row id -> reconstruction stores (rows whose method is configured)."""
-    rows = {}
-    if "hog" in REPS:
-        if HOGGLES:
-            rows["hoggles"] = recon("hoggles", "hog")
-        if "hog" in config["mv"]["representations"]:
-            rows["mv-hog"] = recon("mv", "hog")
-    for rep in ("hog", "sift", "lbp"):
-        if rep in config["decoders"]["train"]:
-            rows[f"ours-{rep}"] = recon("ours", rep)
-    return rows
-
-
-HOGGLES = "hog" in REPS
+    return {row: recon(method, rep) for row, (_, method, rep, _) in TABLE2_ROWS.items() if _row_configured(method, rep)}
 
 
 def mv_table1_rows():
-    rows = {rep: recon("mv", rep) for rep in ("hog", "hogb", "dsift") if rep in config["mv"]["representations"]}
-    if HOGGLES:
-        rows["hoggles"] = recon("hoggles", "hog")
-    return rows
-
-
-FIG7_LABELS = {
-    "ours": "ours (decoder)",
-    "mv": "Mahendran & Vedaldi",
-    "autoencoder": "autoencoder",
-    "ours-binarize": "binarised",
-    "ours-drop50": "50% dropout",
-    "ours-drop50-smallest": "drop 50% smallest",
-}
+    return {row: recon(method, rep) for row, (_, method, rep, *_) in MV_TABLE1_ROWS.items() if _row_configured(method, rep)}
 
 
 def figure7_points():
@@ -261,12 +255,8 @@ def figure7_points():
 
 def grid_columns(which):
     if which == "shallow":
-        cols = {f"{('HOGgles' if k == 'hoggles' else k)}": v for k, v in table2_rows().items()}
-        return cols
+        return {TABLE2_ROWS[k][0]: v for k, v in table2_rows().items()}
     return {layer: recon("ours", f"alexnet_{layer}") for layer in config["decoders"]["alexnet_layers"]}
-
-
-FIGURE_LAYERS = {"fig8": ["fc8"], "fig10": ["conv5", "fc6", "fc7", "fc8"], "fig11": ["fc6", "fc7", "fc8"]}
 
 
 def figure_layers(fig):

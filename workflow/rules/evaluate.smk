@@ -68,7 +68,6 @@ rule figure7:
         png=report("results/figure7.png", category="Figures", caption="../report/figure7.rst"),
     params:
         points=lambda w: " ".join(f"--point {c}:{l}={','.join(v)}" for (c, l), v in figure7_points().items()),
-        labels=" ".join(f"--label {k}={shlex.quote(v)}" for k, v in FIG7_LABELS.items()),
         caption=caption_args(),
     log:
         "logs/figure7.log",
@@ -77,7 +76,7 @@ rule figure7:
     conda:
         "../../envs/pipeline.yaml"
     shell:
-        "python -m pipeline evaluate figure7 --images {input.images} {params.points} {params.labels}"
+        "python -m pipeline evaluate figure7 --images {input.images} {params.points}"
         " {params.caption} --out {output.csv} --png {output.png} > {log} 2>&1"
 
 

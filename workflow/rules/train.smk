@@ -67,7 +67,7 @@ rule reconstruct:
     output:
         "results/reconstructions/{method}/{rep}/{shard}.h5",
     wildcard_constraints:
-        method="ours|autoencoder|ours-binarize|ours-drop50|ours-drop50-smallest",
+        method=RECONSTRUCT_METHODS,
     params:
         features=lambda w, input: f"--features {input.features}" if input.features else "--on-the-fly",
         device=config["decoders"]["device"],
@@ -93,7 +93,7 @@ rule perturb_features:
     output:
         "data/features_perturbed/{kind}/{rep}/val/{shard}.h5",
     wildcard_constraints:
-        kind="binarize|drop50|drop50-smallest",
+        kind="|".join(re.escape(k) for k in PERTURBATIONS),
     params:
         seed=config["seed"],
     log:

@@ -1,0 +1,52 @@
+"""The papers' vocabulary is written once (pipeline.vocabulary): the config
+schema's enums, the workflow's row and curve ids and the evaluation agree with it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from pipeline import vocabulary as voc
+from pipeline.evaluation.perturbations import perturb
+
+SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+
+
+def _enums(node, path=""):
+    """(dotted path, enum) for every enum in the schema."""
+    if isinstance(node, dict):
+        if "enum" in node:
+            yield path, node["enum"]
+        for k, v in node.items():
+            yield from _enums(v, f"{path}.{k}" if path else k)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _enums(v, path)
+
+
+def test_schema_enums_are_the_vocabulary():
+    enums = dict(_enums(SCHEMA))
+    layer_enums = {p: e for p, e in enums.items() if "conv1" in e}
+    assert len(layer_enums) >= 4  # alexnet.layers, decoders.*_layers, mv.alexnet_layers, preimage.layers
+    for path, e in layer_enums.items():
+        assert tuple(e) == voc.ALEXNET_LAYERS, path
+    assert tuple(enums["properties.decoders.properties.perturbations.items"]) == tuple(voc.PERTURBATIONS)
+
+
+def test_every_perturbation_and_transform_is_implemented():
+    x = torch.tensor([[3.0, -1.0, 0.5, 2.0, 0.0, 1.0, 4.0, 0.25]])
+    for kind in voc.FEATURE_TRANSFORMS:
+        y = perturb(x, kind, seed=0)
+        assert y.shape == x.shape and torch.isfinite(y).all(), kind
+    # dropped, then binarised: zeros and one magnitude (signs kept)
+    mags = set(perturb(x, "drop50+binarize").abs().unique().tolist())
+    assert len(mags) == 2 and 0.0 in mags
+
+
+def test_figure7_has_a_label_for_every_curve_the_workflow_can_ask_for():
+    curves = {"ours", "mv", "autoencoder"} | {voc.perturbed_method(m, k) for m in voc.DECODER_METHODS
+                                              for k in voc.PERTURBATIONS}
+    assert curves <= set(voc.FIGURE7_CURVES)
+    for fig, layers in voc.FIGURE_LAYERS.items():
+        assert set(layers) <= set(voc.ALEXNET_LAYERS), fig
