@@ -9,7 +9,7 @@
 * :mod:`~pipeline.evaluation.testset`: the test images and their
   reconstructions, matched by key;
 * :mod:`~pipeline.evaluation.tables`: Table 2 of Dosovitskiy & Brox 2016 and
-  Table 1 of Mahendran & Vedaldi 2016 (IJCV);
+  Table 1 of Mahendran & Vedaldi 2015 (CVPR);
 * :mod:`~pipeline.evaluation.figures`: Figure 7's data and every figure as PNG;
 * :mod:`~pipeline.evaluation.commands`: ``python -m pipeline evaluate``;
 * :mod:`~pipeline.evaluation.bench`: ``python -m pipeline bench evaluate``.

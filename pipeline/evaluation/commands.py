@@ -1,6 +1,6 @@
 """``python -m pipeline evaluate <subcommand>``: the sub-commands that write
 the papers' tables and figures (Dosovitskiy & Brox 2016, Table 2 and
-Figures 3/5, 7-11; Mahendran & Vedaldi 2016 (IJCV), Table 1), the mean
+Figures 3/5, 7-11; Mahendran & Vedaldi 2015 (CVPR), Table 1), the mean
 training image, and perturbed feature stores.  :func:`configure_parser`
 lists them; each has a ``run_*`` function.
 """
@@ -94,7 +94,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     q.add_argument("--md", help="Markdown path (default: --out with .md)")
     q.add_argument("--per-image", help="optional CSV of per-image errors, PSNR and SSIM")
 
-    q = sub.add_parser("mv-table1", help="Mahendran & Vedaldi 2016, Table 1: feature-space errors of inversions")
+    q = sub.add_parser("mv-table1", help="Mahendran & Vedaldi 2015, Table 1: feature-space errors of inversions")
     common(q)
     q.add_argument("--row", action="append", metavar="ROW=STORE[,STORE...]",
                    help=f"reconstruction stores; ROW in {', '.join(MV_TABLE1_ROWS)} (repeatable)")

@@ -1,6 +1,6 @@
 """Metrics of the evaluation: normalised errors in image and feature space,
 PSNR, SSIM, their spread, and the mean-image floor (Dosovitskiy & Brox 2016,
-sections 2.2 and 4; Mahendran & Vedaldi 2016 (IJCV), section 4).
+sections 2.2 and 4; Mahendran & Vedaldi 2015 (CVPR), section 4).
 
 Images are ``x_i`` (N, H, W, 3) uint8 as read from the image shards;
 reconstructions ``r_i = f(Phi(x_i))`` are (N, 3, H', W') floats in [0, 255]
@@ -20,7 +20,7 @@ are).
   average Euclidean distance between the images of the test set, over all
   ordered pairs i != j of the *same set the errors are reported on* (the
   images given with ``--images``).  The table reports the mean of ``e_i``.
-* **Feature-space normalised error** (Mahendran & Vedaldi 2016 (IJCV),
+* **Feature-space normalised error** (Mahendran & Vedaldi 2015 (CVPR),
   section 4, Table 1)::
 
       e_i = ||Phi(x*_i) - Phi(x_i)||_2 / N_Phi,
@@ -28,7 +28,7 @@ are).
 
   "the normalised reconstruction error averaged over the 100 images [...]
   N_Phi is the average pairwise Euclidean distance between the Phi(x_i)
-  across the 100 images" (Mahendran & Vedaldi 2016, section 4).  ``Phi(x*)``
+  across the 100 images" (Mahendran & Vedaldi 2015, section 4).  ``Phi(x*)``
   is computed with ``pipeline.features.get_feature`` on the (resized,
   clipped) reconstruction.  Reported in percent, like Table 1; its ``+-``
   is, as there, "the standard deviation of the error, not of the mean
@@ -161,7 +161,7 @@ def normalized_errors(images, recs, norm: float | None = None) -> tuple[np.ndarr
 
 
 def feature_errors(feats_rec, feats_ref, norm: float | None = None) -> tuple[np.ndarray, float]:
-    """Mahendran & Vedaldi 2016's per-image error ``||Phi(x*_i) - Phi(x_i)||_2 / N_Phi`` (a fraction; x100 for %).
+    """Mahendran & Vedaldi 2015's per-image error ``||Phi(x*_i) - Phi(x_i)||_2 / N_Phi`` (a fraction; x100 for %).
 
     ``norm`` defaults to the mean pairwise distance of ``feats_ref``.
     """

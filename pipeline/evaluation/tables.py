@@ -1,6 +1,6 @@
 """The papers' tables: Table 2 of Dosovitskiy & Brox 2016 (image-space
 normalised error, PSNR, SSIM and the mean-image floor) and Table 1 of
-Mahendran & Vedaldi 2016 (IJCV) (feature-space error of inversions), as
+Mahendran & Vedaldi 2015 (CVPR) (feature-space error of inversions), as
 records for CSV and as Markdown.  The metrics are in
 :mod:`pipeline.evaluation.metrics`.
 """
@@ -196,7 +196,7 @@ MV_TABLE1_COLUMNS = (
 def mv_table1(test: TestSet, rows: dict[str, list[str]], *, dataset: str, features: dict | None = None,
               feature_names: dict | None = None, feature_params: dict | None = None, device="cpu",
               batch_size: int = 32, ci: str = "bootstrap", seed: int = 0) -> list[dict]:
-    """Mahendran & Vedaldi 2016's Table 1 records: feature-space errors (%) of each row's reconstructions.
+    """Mahendran & Vedaldi 2015's Table 1 records: feature-space errors (%) of each row's reconstructions.
 
     ``features``: optional row -> feature stores of the *test images*
     (Phi(x)), matched by key; otherwise Phi(x) is computed here.  The
@@ -256,7 +256,7 @@ def render_mv_table1_md(records: list[dict], caption: str) -> str:
              f"[{_fmt(r['error_pct_ci95_low'], 2)}, {_fmt(r['error_pct_ci95_high'], 2)}]", str(r["n_images"]),
              f"{r['paper_error_pct']:.2f} ±{r['paper_std_pct']:.1f}"] for r in records]
     head = ["Representation / method", "Error % (± std)", "95% CI (mean)", "Images",
-            "Paper (Mahendran & Vedaldi 2016, Table 1)"]
+            "Paper (Mahendran & Vedaldi 2015, Table 1)"]
     notes = ("Error: mean over images of ||Φ(x*) − Φ(x)||₂ / N_Φ × 100, N_Φ the mean pairwise Euclidean distance "
              "between the features Φ(x_i) of the test images; ± is the standard deviation of the per-image "
              "errors (as in the paper), the interval is for the mean.")
