@@ -1,8 +1,18 @@
 # Inverting image representations: Dosovitskiy & Brox (2016), Mahendran & Vedaldi (2015).
 # Thin on purpose: configuration and its validation, the rule files, and `all`.
+import shlex
+import sys
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+# The package `pipeline/` beside this file: importable by this process (config
+# checks, the papers' vocabulary) and by every job, whether the project is
+# pip-installed or a job runs in the conda environment of envs/pipeline.yaml
+# (`--sdm conda`), which installs the dependencies only.
+sys.path.insert(0, workflow.basedir)
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
 # The default config sits beside this file, so `--directory` can point anywhere.

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from pipeline import __version__
+
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "list-images": ("pipeline.data.commands", "list a split's images (the index shard jobs read)"),
@@ -41,6 +43,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="python -m pipeline",
         description="Invert image representations: data, features, decoders, baselines, evaluation.",
     )
+    parser.add_argument("--version", action="version", version=f"repinvert {__version__} (python -m pipeline)")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)

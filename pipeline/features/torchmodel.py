@@ -146,7 +146,7 @@ def build_model(model: str, model_kwargs: dict | None = None) -> nn.Module:
             else:
                 raise ImportError(
                     f"torch: model {model!r} is a torchvision constructor name but torchvision is not "
-                    f"installed; install it (pip install 'pipeline[torchvision]') or pass "
+                    f"installed; install it (pip install 'repinvert[torchvision]') or pass "
                     f"model='package.module:callable' (without torchvision only {sorted(LOCAL_CONSTRUCTORS)} "
                     f"are built in)") from None
         else:

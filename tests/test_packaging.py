@@ -1,0 +1,46 @@
+"""The package's identity and its environments: one version, a distribution name of
+its own, a conda environment that works for ``snakemake --sdm conda``."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+import pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower()
+
+
+def test_one_version_and_a_distribution_name_of_its_own():
+    proj = PYPROJECT["project"]
+    assert proj["name"] != "pipeline"  # an unrelated PyPI project has that name
+    assert "version" not in proj and proj["dynamic"] == ["version"]
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "pipeline.__version__"}
+    out = subprocess.run([sys.executable, "-m", "pipeline", "--version"], capture_output=True, text=True,
+                         cwd=REPO, check=True).stdout
+    assert pipeline.__version__ in out and proj["name"] in out
+
+
+def test_conda_environment_lists_the_dependencies_and_does_not_install_a_relative_path():
+    env = yaml.safe_load((REPO / "envs/pipeline.yaml").read_text())
+    conda = {_name(d): d for d in env["dependencies"] if isinstance(d, str)}
+    pip = [d for d in env["dependencies"] if isinstance(d, dict)][0]["pip"]
+    assert not any(p.startswith("-e") or p.startswith(".") for p in pip)  # resolved against Snakemake's copy
+    have = set(conda) | {_name(p) for p in pip}
+    aliases = {"torch": "pytorch"}
+    for req in PYPROJECT["project"]["dependencies"]:
+        name = _name(req)
+        if name.startswith("snakemake"):
+            continue  # Snakemake runs the jobs; it is not needed inside them
+        assert aliases.get(name, name) in have, req
+    # the jobs find the package through the Snakefile's shell prefix instead
+    assert "PYTHONPATH" in (REPO / "Snakefile").read_text()
