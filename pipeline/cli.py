@@ -44,9 +44,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Invert image representations: data, features, decoders, baselines, evaluation.",
     )
     parser.add_argument("--version", action="version", version=f"repinvert {__version__} (python -m pipeline)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (default: one line on stderr, exit code 2)")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name, (module, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         if name == command:
             mod = importlib.import_module(module)
             configure, run = _HANDLERS.get(name, ("configure_parser", "run"))
@@ -63,5 +66,25 @@ def main(argv: list[str] | None = None) -> int:
     return int(args._run(args) or 0)
 
 
+#: Errors that say what the user gave wrong (a file, a value): one line, exit code 2.
+USER_ERRORS = (ValueError, KeyError, OSError)
+
+
+def entry(argv: list[str] | None = None) -> int:
+    """The command line's entry point (``python -m pipeline``, the ``repinvert`` script):
+    :func:`main`, with user errors as one line on stderr and exit code 2 (``--debug``:
+    the traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        return main([a for a in argv if a != "--debug"])
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())

@@ -44,3 +44,14 @@ def test_conda_environment_lists_the_dependencies_and_does_not_install_a_relativ
         assert aliases.get(name, name) in have, req
     # the jobs find the package through the Snakefile's shell prefix instead
     assert "PYTHONPATH" in (REPO / "Snakefile").read_text()
+
+
+def test_user_errors_are_one_line_with_exit_code_2_and_debug_shows_the_traceback(tmp_path):
+    missing = str(tmp_path / "missing.h5")
+    r = subprocess.run([sys.executable, "-m", "pipeline", "store", "info", missing], capture_output=True, text=True,
+                       cwd=REPO)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ") and missing in r.stderr and r.stderr.count("\n") == 1
+    r = subprocess.run([sys.executable, "-m", "pipeline", "--debug", "store", "info", missing], capture_output=True,
+                       text=True, cwd=REPO)
+    assert r.returncode == 1 and "Traceback" in r.stderr
