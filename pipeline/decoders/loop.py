@@ -12,6 +12,8 @@ step boundary and exits with status 143.
 """
 from __future__ import annotations
 
+import datetime
+
 import argparse
 import csv
 import os
@@ -73,36 +75,28 @@ def _write_metrics(path, rows) -> None:
 
 
 class _Progress:
-    """tqdm when installed, else a plain line per metrics row, at most ~100 per run."""
+    """A plain progress line per ~1% of the run (at most ~100), with a timestamp and
+    the estimated time left from this session's pace: readable in a job log."""
 
     def __init__(self, total: int, initial: int, enabled: bool):
-        self.bar = None
         self.enabled = enabled
         self.every = max(1, total // 100)
-        self.last = initial
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-            except ImportError:
-                pass
+        self.last = self.initial = initial
+        self.t0 = time.monotonic()
 
     def update(self, step: int, total: int, info: dict) -> None:
-        if not self.enabled:
+        if not self.enabled or not info or not (step - self.last >= self.every or step == total):
             return
-        if self.bar is not None:
-            self.bar.update(1)
-            if info:
-                self.bar.set_postfix(loss=f"{info['loss']:.4f}", lr=f"{info['lr']:.1e}")
-        elif info and (step - self.last >= self.every or step == total):
-            self.last = step
-            print(f"step {step}/{total} epoch {info['epoch']:.2f} loss {info['loss']:.5f} "
-                  f"lr {info['lr']:.2e} {info['images_per_s']:.1f} img/s", flush=True)
+        self.last = step
+        done = step - self.initial
+        left = (time.monotonic() - self.t0) / done * (total - step) if done else float("nan")
+        eta = str(datetime.timedelta(seconds=round(left))) if left == left else "?"
+        print(f"{datetime.datetime.now():%Y-%m-%d %H:%M:%S} step {step}/{total} ({100 * step / total:.0f}%) "
+              f"epoch {info['epoch']:.2f} loss {info['loss']:.5f} lr {info['lr']:.2e} "
+              f"{info['images_per_s']:.1f} img/s, ETA {eta}", flush=True)
 
     def close(self):
-        if self.bar is not None:
-            self.bar.close()
+        pass
 
 
 def save_checkpoint(run: Run, final: bool = False) -> None:
