@@ -12,6 +12,7 @@ from skimage.transform import resize
 
 from pipeline.features import get_feature
 from pipeline.features import alexnet as ax
+from pipeline.features import alexnet_weights as aw
 
 # torchvision's AlexNet state dict: keys and shapes (alexnet-owt-7be5be79.pth).
 TV_SHAPES = {
@@ -62,10 +63,10 @@ def _random_state(shapes: dict, seed: int) -> dict:
 
 def _caffe_blobs(seed: int) -> dict:
     sd = _random_state(
-        {f"{n}.{s}": shp for n, shapes in ax.CAFFENET_SHAPES.items() for s, shp in zip(("weight", "bias"), shapes)},
+        {f"{n}.{s}": shp for n, shapes in aw.CAFFENET_SHAPES.items() for s, shp in zip(("weight", "bias"), shapes)},
         seed,
     )
-    return {n: (sd[f"{n}.weight"].numpy(), sd[f"{n}.bias"].numpy()) for n in ax.CAFFENET_SHAPES}
+    return {n: (sd[f"{n}.weight"].numpy(), sd[f"{n}.bias"].numpy()) for n in aw.CAFFENET_SHAPES}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def tv_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def caffe_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("w") / "caffenet.pth"
-    state = ax.caffe_to_state_dict(_caffe_blobs(2))
+    state = aw.caffe_to_state_dict(_caffe_blobs(2))
     torch.save(state, path)
     return str(path), state
 
@@ -141,7 +142,7 @@ def test_torchvision_weights_into_caffenet_hint(tv_file):
 @pytest.mark.parametrize("arch,hint", [("torchvision", "IMAGENET1K_V1"), ("caffenet", "caffemodel")])
 def test_missing_weights_file(arch, hint, tmp_path):
     missing = str(tmp_path / "nope.pth")
-    for call in (lambda: ax.check_weights(arch, missing),
+    for call in (lambda: aw.check_weights(arch, missing),
                  lambda: get_feature("alexnet", arch=arch, weights=missing)):
         with pytest.raises(FileNotFoundError) as e:
             call()
@@ -157,10 +158,10 @@ def test_weights_torchvision_offline(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(FileNotFoundError, match="network is unreachable") as e:
-        ax.check_weights("torchvision", "torchvision")
+        aw.check_weights("torchvision", "torchvision")
     assert "alexnet-owt-7be5be79.pth" in str(e.value)
     with pytest.raises(ValueError, match="only exists for arch='torchvision'"):
-        ax.check_weights("caffenet", "torchvision")
+        aw.check_weights("caffenet", "torchvision")
 
 
 def test_weights_torchvision_uses_cache(monkeypatch, tmp_path, tv_file):
@@ -182,15 +183,15 @@ def test_caffe_to_state_dict_reshapes_and_validates():
     old = dict(blobs)
     w, b = blobs["fc6"]
     old["fc6"] = (w.reshape(1, 1, 4096, 9216), b.reshape(1, 1, 1, 4096))  # old Caffe blob shapes
-    sd = ax.caffe_to_state_dict(old)
+    sd = aw.caffe_to_state_dict(old)
     assert sd["fc6.weight"].shape == (4096, 9216) and torch.equal(sd["fc6.weight"], torch.from_numpy(w))
-    assert list(sd) == [f"{n}.{s}" for n in ax.CAFFENET_SHAPES for s in ("weight", "bias")]
+    assert list(sd) == [f"{n}.{s}" for n in aw.CAFFENET_SHAPES for s in ("weight", "bias")]
     with pytest.raises(KeyError, match="conv3"):
-        ax.caffe_to_state_dict({k: v for k, v in blobs.items() if k != "conv3"})
+        aw.caffe_to_state_dict({k: v for k, v in blobs.items() if k != "conv3"})
     bad = dict(blobs)
     bad["conv2"] = (np.zeros((256, 96, 5, 5), np.float32), blobs["conv2"][1])  # no groups
     with pytest.raises(ValueError, match=r"conv2\.weight"):
-        ax.caffe_to_state_dict(bad)
+        aw.caffe_to_state_dict(bad)
 
 
 def _pb_varint(n: int) -> bytes:
@@ -236,7 +237,7 @@ def test_read_caffemodel(fmt, tmp_path):
             layers.append(_pb(100, body))
     path = tmp_path / "net.caffemodel"
     path.write_bytes(_pb(1, b"CaffeNet") + b"".join(layers))
-    got = ax.read_caffemodel(str(path))
+    got = aw.read_caffemodel(str(path))
     assert sorted(got) == ["conv1", "fc6"]
     for name, arrays in params.items():
         assert len(got[name]) == 2
