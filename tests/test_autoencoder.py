@@ -14,8 +14,7 @@ from pipeline.data.shards import Sample, write_shard
 from pipeline.decoders.modelfile import load_model
 
 
-def test_finetune_encoder_trains_alexnet_weights(tmp_path):
-    torch.set_num_threads(1)
+def test_finetune_encoder_trains_alexnet_weights(tmp_path, one_thread):
     photo = load_sample_photo("coffee")
     samples = [Sample(f"k{i:03d}", np.ascontiguousarray(photo[i * 9 : i * 9 + 64, i * 13 : i * 13 + 64])) for i in range(8)]
     shard = tmp_path / "train.tar"

@@ -40,13 +40,8 @@ TORCHVISION_227 = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the CPU is shared, oversubscription makes AlexNet 10x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# One intra-op thread: the CPU is shared, oversubscription makes AlexNet 10x slower.
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _random_state(shapes: dict, seed: int) -> dict:
@@ -291,7 +286,7 @@ def test_caffenet_matches_hand_reference(caffe_file, photos):
     assert got["fc8"].abs().max() > 0.1  # not a degenerate all-zero comparison
 
 
-@pytest.mark.parametrize("arch", ax.ARCHS)
+@pytest.mark.parametrize("arch", aw.ARCHS)
 def test_mean_image_gives_bias(arch, tv_file, caffe_file):
     """An image equal to the normalisation mean enters the net as zeros (checks RGB->BGR)."""
     path, sd = tv_file if arch == "torchvision" else caffe_file
@@ -319,7 +314,7 @@ def test_layer_shapes_227(arch, expected, photos):
     assert get_feature("alexnet", layer="conv2", arch=arch).output_shape(227, 227) == expected["conv2"]
 
 
-@pytest.mark.parametrize("arch", ax.ARCHS)
+@pytest.mark.parametrize("arch", aw.ARCHS)
 def test_output_shape_other_sizes(arch):
     x = torch.rand(1, 3, 150, 201) * 255
     f = get_feature("alexnet", layer="pool5", arch=arch)
@@ -338,7 +333,7 @@ def test_output_shape_other_sizes(arch):
         assert ax.layer_shape(arch, "fc7", 150, 201) == (4096, 1, 1)
 
 
-@pytest.mark.parametrize("arch", ax.ARCHS)
+@pytest.mark.parametrize("arch", aw.ARCHS)
 def test_truncated_forward_equals_hooked_full_forward(arch, photos):
     """Each tap from a truncated pass equals a forward hook on TAP_MODULES during the full pass."""
     f = get_feature("alexnet", layer="fc8", arch=arch, seed=3)

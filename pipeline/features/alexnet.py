@@ -86,7 +86,7 @@ import torch
 from torch import nn
 
 from . import register
-from .alexnet_weights import ARCHS, check_arch, check_weights
+from .alexnet_weights import check_arch, check_weights
 
 PAPER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
