@@ -1,4 +1,4 @@
-"""Autoencoder mode (seed 000 section 4.2) with the real AlexNet representation,
+"""Autoencoder mode (Dosovitskiy & Brox 2016, section 4.2) with the real AlexNet representation,
 whose weights the registry freezes: fine-tuning must train them anyway."""
 from __future__ import annotations
 

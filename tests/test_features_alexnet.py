@@ -26,7 +26,7 @@ TV_SHAPES = {
     "classifier.6.weight": (1000, 4096), "classifier.6.bias": (1000,),
 }
 
-# Seed 000, supplementary Table 3 (CaffeNet at 227x227): output of each layer.
+# Dosovitskiy & Brox 2016, supplementary Table 3 (CaffeNet at 227x227): output of each layer.
 CAFFENET_227 = {
     "conv1_raw": (96, 55, 55), "conv1": (96, 27, 27), "conv2": (256, 13, 13),
     "conv3": (384, 13, 13), "conv4": (384, 13, 13), "conv5_raw": (256, 13, 13),

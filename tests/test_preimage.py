@@ -1,4 +1,5 @@
-"""Natural pre-images (seed 002): maximisation, caricatures, masked inversion, a generic layer end to end."""
+"""Natural pre-images (Mahendran & Vedaldi 2016, IJCV): maximisation, caricatures, masked inversion,
+a generic layer end to end."""
 from __future__ import annotations
 
 import json
@@ -103,7 +104,7 @@ def test_unit_direction_and_restarts():
 def test_caricature_increases_the_inner_product_with_the_images_code(square_photos):
     f = small("features.3")
     x = square_photos(2, SIZE)
-    # tiny downsampled photos have strong edges: seed 004's TV weight (5) would mostly smooth them
+    # tiny downsampled photos have strong edges: Mahendran & Vedaldi 2015's TV weight (5) would mostly smooth them
     out, log = preimage(f, "caricature", images=x, iterations=40, lambda_tv=0.5, jitter=0)
     with torch.no_grad():
         phi0, phi = f(x), f(out)

@@ -8,8 +8,8 @@ Fully connected layers give ``(B, D, 1, 1)``.
 Architectures (``arch``)
 ------------------------
 ``caffenet``
-    The network of Dosovitskiy & Brox (seed 000, supplementary Table 3) and of
-    Mahendran & Vedaldi's CNN-A (seed 004, Table 2): BVLC's
+    The network of Dosovitskiy & Brox 2016 (supplementary Table 3) and of
+    Mahendran & Vedaldi 2015's CNN-A (Table 2): BVLC's
     ``bvlc_reference_caffenet``, i.e. AlexNet with pooling *before* LRN::
 
         conv1 96@11x11 s4        -> relu1 -> pool1 3x3 s2 -> norm1 LRN(5, 1e-4, 0.75, k=1)
@@ -54,15 +54,15 @@ Layer names (``layer``)
 -----------------------
 The bare paper names ``conv1 .. conv5, fc6, fc7, fc8`` (:data:`PAPER_LAYERS`)
 are the *outputs of the paper's layers*, "the output of the last processing
-step of this layer" (seed 000): ``conv1`` = after ReLU, pooling and (CaffeNet)
-LRN, ``conv2`` likewise, ``conv3``/``conv4`` after ReLU, ``conv5`` after ReLU
-and pooling, ``fc6``/``fc7`` after ReLU, ``fc8`` before the softmax
-(:data:`PAPER_OUTPUT` maps them to taps).
+step of this layer" (Dosovitskiy & Brox 2016): ``conv1`` = after ReLU,
+pooling and (CaffeNet) LRN, ``conv2`` likewise, ``conv3``/``conv4`` after ReLU,
+``conv5`` after ReLU and pooling, ``fc6``/``fc7`` after ReLU, ``fc8`` before
+the softmax (:data:`PAPER_OUTPUT` maps them to taps).
 
-Every intermediate processing step is a *tap* named as in seed 004's Table 2
-(conv1 relu1 pool1 norm1 conv2 ... relu7 fc8), except that the linear steps
-(convolutions and fully connected layers) carry the suffix ``_raw``, because
-the bare name means the paper's output: ``conv1_raw`` is the convolution
+Every intermediate processing step is a *tap* named as in Table 2 of
+Mahendran & Vedaldi 2015 (conv1 relu1 pool1 norm1 conv2 ... relu7 fc8), except
+that the linear steps (convolutions and fully connected layers) carry the
+suffix ``_raw``, because the bare name means the paper's output: ``conv1_raw`` is the convolution
 before ReLU, ``fc6_raw`` the linear output before relu6, ``fc8_raw`` = ``fc8``.
 ``mpool1/2/5`` are accepted for ``pool1/2/5``.  :data:`LAYERS` lists the taps
 of each arch in forward order; torchvision's net has no ``norm*`` taps and an
