@@ -1,4 +1,4 @@
-"""Autoencoder mode (seed 000 section 4.2) with the real AlexNet representation,
+"""Autoencoder mode (Dosovitskiy & Brox 2016, section 4.2) with the real AlexNet representation,
 whose weights the registry freezes: fine-tuning must train them anyway."""
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from pipeline.data.shards import Sample, write_shard
 from pipeline.decoders.modelfile import load_model
 
 
-def test_finetune_encoder_trains_alexnet_weights(tmp_path):
-    torch.set_num_threads(1)
+def test_finetune_encoder_trains_alexnet_weights(tmp_path, one_thread):
     photo = load_sample_photo("coffee")
     samples = [Sample(f"k{i:03d}", np.ascontiguousarray(photo[i * 9 : i * 9 + 64, i * 13 : i * 13 + 64])) for i in range(8)]
     shard = tmp_path / "train.tar"

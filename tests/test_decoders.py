@@ -24,7 +24,7 @@ def hwc(s: str) -> tuple[int, ...]:
     return v if len(v) == 1 else (v[2], v[0], v[1])
 
 
-# (layer, OutSize) rows of seed 000's supplementary tables.
+# (layer, OutSize) rows of Dosovitskiy & Brox 2016's supplementary tables.
 TABLE4_HOG = [
     ("convA1", "16x16x256"), ("convA2", "8x8x512"), ("convA3", "4x4x1024"),
     ("upconvA1", "8x8x512"), ("upconvA2", "16x16x256"), ("upconvA3", "32x32x128"),

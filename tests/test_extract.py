@@ -27,7 +27,7 @@ def shard(tmp_path):
     return path, samples
 
 
-def test_alexnet_store_equals_on_the_fly_features(tmp_path, shard):
+def test_alexnet_store_equals_on_the_fly_features(tmp_path, shard, one_thread):
     path, samples = shard
     out = tmp_path / "conv2.h5"
     params = {"layer": "conv2", "arch": "torchvision", "weights": "random", "seed": 3}
@@ -36,7 +36,6 @@ def test_alexnet_store_equals_on_the_fly_features(tmp_path, shard):
          "--out", str(out), "--dtype", "float32", "--batch-size", "2"]
     )
     assert rc == 0
-    torch.set_num_threads(1)
     module = get_feature("alexnet", **params).eval()
     x = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float()
     with torch.no_grad():

@@ -12,6 +12,7 @@ from skimage.transform import resize
 
 from pipeline.features import get_feature
 from pipeline.features import alexnet as ax
+from pipeline.features import alexnet_weights as aw
 
 # torchvision's AlexNet state dict: keys and shapes (alexnet-owt-7be5be79.pth).
 TV_SHAPES = {
@@ -25,7 +26,7 @@ TV_SHAPES = {
     "classifier.6.weight": (1000, 4096), "classifier.6.bias": (1000,),
 }
 
-# Seed 000, supplementary Table 3 (CaffeNet at 227x227): output of each layer.
+# Dosovitskiy & Brox 2016, supplementary Table 3 (CaffeNet at 227x227): output of each layer.
 CAFFENET_227 = {
     "conv1_raw": (96, 55, 55), "conv1": (96, 27, 27), "conv2": (256, 13, 13),
     "conv3": (384, 13, 13), "conv4": (384, 13, 13), "conv5_raw": (256, 13, 13),
@@ -39,13 +40,8 @@ TORCHVISION_227 = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the CPU is shared, oversubscription makes AlexNet 10x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# One intra-op thread: the CPU is shared, oversubscription makes AlexNet 10x slower.
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _random_state(shapes: dict, seed: int) -> dict:
@@ -62,10 +58,10 @@ def _random_state(shapes: dict, seed: int) -> dict:
 
 def _caffe_blobs(seed: int) -> dict:
     sd = _random_state(
-        {f"{n}.{s}": shp for n, shapes in ax.CAFFENET_SHAPES.items() for s, shp in zip(("weight", "bias"), shapes)},
+        {f"{n}.{s}": shp for n, shapes in aw.CAFFENET_SHAPES.items() for s, shp in zip(("weight", "bias"), shapes)},
         seed,
     )
-    return {n: (sd[f"{n}.weight"].numpy(), sd[f"{n}.bias"].numpy()) for n in ax.CAFFENET_SHAPES}
+    return {n: (sd[f"{n}.weight"].numpy(), sd[f"{n}.bias"].numpy()) for n in aw.CAFFENET_SHAPES}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +75,7 @@ def tv_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def caffe_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("w") / "caffenet.pth"
-    state = ax.caffe_to_state_dict(_caffe_blobs(2))
+    state = aw.caffe_to_state_dict(_caffe_blobs(2))
     torch.save(state, path)
     return str(path), state
 
@@ -141,7 +137,7 @@ def test_torchvision_weights_into_caffenet_hint(tv_file):
 @pytest.mark.parametrize("arch,hint", [("torchvision", "IMAGENET1K_V1"), ("caffenet", "caffemodel")])
 def test_missing_weights_file(arch, hint, tmp_path):
     missing = str(tmp_path / "nope.pth")
-    for call in (lambda: ax.check_weights(arch, missing),
+    for call in (lambda: aw.check_weights(arch, missing),
                  lambda: get_feature("alexnet", arch=arch, weights=missing)):
         with pytest.raises(FileNotFoundError) as e:
             call()
@@ -157,10 +153,10 @@ def test_weights_torchvision_offline(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(FileNotFoundError, match="network is unreachable") as e:
-        ax.check_weights("torchvision", "torchvision")
+        aw.check_weights("torchvision", "torchvision")
     assert "alexnet-owt-7be5be79.pth" in str(e.value)
     with pytest.raises(ValueError, match="only exists for arch='torchvision'"):
-        ax.check_weights("caffenet", "torchvision")
+        aw.check_weights("caffenet", "torchvision")
 
 
 def test_weights_torchvision_uses_cache(monkeypatch, tmp_path, tv_file):
@@ -182,15 +178,15 @@ def test_caffe_to_state_dict_reshapes_and_validates():
     old = dict(blobs)
     w, b = blobs["fc6"]
     old["fc6"] = (w.reshape(1, 1, 4096, 9216), b.reshape(1, 1, 1, 4096))  # old Caffe blob shapes
-    sd = ax.caffe_to_state_dict(old)
+    sd = aw.caffe_to_state_dict(old)
     assert sd["fc6.weight"].shape == (4096, 9216) and torch.equal(sd["fc6.weight"], torch.from_numpy(w))
-    assert list(sd) == [f"{n}.{s}" for n in ax.CAFFENET_SHAPES for s in ("weight", "bias")]
+    assert list(sd) == [f"{n}.{s}" for n in aw.CAFFENET_SHAPES for s in ("weight", "bias")]
     with pytest.raises(KeyError, match="conv3"):
-        ax.caffe_to_state_dict({k: v for k, v in blobs.items() if k != "conv3"})
+        aw.caffe_to_state_dict({k: v for k, v in blobs.items() if k != "conv3"})
     bad = dict(blobs)
     bad["conv2"] = (np.zeros((256, 96, 5, 5), np.float32), blobs["conv2"][1])  # no groups
     with pytest.raises(ValueError, match=r"conv2\.weight"):
-        ax.caffe_to_state_dict(bad)
+        aw.caffe_to_state_dict(bad)
 
 
 def _pb_varint(n: int) -> bytes:
@@ -236,7 +232,7 @@ def test_read_caffemodel(fmt, tmp_path):
             layers.append(_pb(100, body))
     path = tmp_path / "net.caffemodel"
     path.write_bytes(_pb(1, b"CaffeNet") + b"".join(layers))
-    got = ax.read_caffemodel(str(path))
+    got = aw.read_caffemodel(str(path))
     assert sorted(got) == ["conv1", "fc6"]
     for name, arrays in params.items():
         assert len(got[name]) == 2
@@ -290,7 +286,7 @@ def test_caffenet_matches_hand_reference(caffe_file, photos):
     assert got["fc8"].abs().max() > 0.1  # not a degenerate all-zero comparison
 
 
-@pytest.mark.parametrize("arch", ax.ARCHS)
+@pytest.mark.parametrize("arch", aw.ARCHS)
 def test_mean_image_gives_bias(arch, tv_file, caffe_file):
     """An image equal to the normalisation mean enters the net as zeros (checks RGB->BGR)."""
     path, sd = tv_file if arch == "torchvision" else caffe_file
@@ -318,7 +314,7 @@ def test_layer_shapes_227(arch, expected, photos):
     assert get_feature("alexnet", layer="conv2", arch=arch).output_shape(227, 227) == expected["conv2"]
 
 
-@pytest.mark.parametrize("arch", ax.ARCHS)
+@pytest.mark.parametrize("arch", aw.ARCHS)
 def test_output_shape_other_sizes(arch):
     x = torch.rand(1, 3, 150, 201) * 255
     f = get_feature("alexnet", layer="pool5", arch=arch)
@@ -337,7 +333,7 @@ def test_output_shape_other_sizes(arch):
         assert ax.layer_shape(arch, "fc7", 150, 201) == (4096, 1, 1)
 
 
-@pytest.mark.parametrize("arch", ax.ARCHS)
+@pytest.mark.parametrize("arch", aw.ARCHS)
 def test_truncated_forward_equals_hooked_full_forward(arch, photos):
     """Each tap from a truncated pass equals a forward hook on TAP_MODULES during the full pass."""
     f = get_feature("alexnet", layer="fc8", arch=arch, seed=3)

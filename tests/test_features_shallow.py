@@ -41,16 +41,6 @@ def gray_np(x: torch.Tensor) -> np.ndarray:
     return to_gray(x)[0, 0].numpy().astype(np.float32)
 
 
-@pytest.fixture
-def one_thread():
-    """gradcheck runs hundreds of tiny forwards: intra-op threads only add
-    synchronisation overhead (severe on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def photos():
     return {n: photo(n) for n in ("camera", "astronaut", "coffee", "coins")}

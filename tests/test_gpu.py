@@ -10,10 +10,6 @@ inversion on the GPU.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +27,6 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
 
 
@@ -170,18 +165,11 @@ def test_cuda_training_tracks_cpu_training(shards, tmp_path):
     assert np.mean(b[-5:]) == pytest.approx(np.mean(a[-5:]), rel=0.1)
 
 
-def test_torchrun_nccl_single_gpu_matches_a_single_process(shards, tmp_path):
+def test_torchrun_nccl_single_gpu_matches_a_single_process(shards, tmp_path, torchrun):
     stores = _extract(shards, "hog", {})
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     assert cli.main(_train_args(shards, stores, single, "--device", "cuda", "--amp", "off", "--deterministic")) == 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1",
-                        "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "pipeline",
-                        *_train_args(shards, stores, ddp, "--device", "cuda", "--amp", "off", "--deterministic")],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    r = torchrun(1, _train_args(shards, stores, ddp, "--device", "cuda", "--amp", "off", "--deterministic"), timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     cfg = json.loads((ddp / "config.json").read_text())
     assert cfg["world_size"] == 1 and cfg["finished"]

@@ -15,13 +15,7 @@ from pipeline.baselines import hoggles as hg
 from pipeline.features import available, get_feature, register, to_gray
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems: one torch thread (threads only contend on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny problems: one torch thread
 
 
 @register("test_hoggles_cellhist")

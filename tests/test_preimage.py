@@ -1,4 +1,5 @@
-"""Natural pre-images (seed 002): maximisation, caricatures, masked inversion, a generic layer end to end."""
+"""Natural pre-images (Mahendran & Vedaldi 2016, IJCV): maximisation, caricatures, masked inversion,
+a generic layer end to end."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -49,35 +49,7 @@ def small(layer="features.2", **kw):
     return get_feature("torch", model=MODEL, layer=layer, **kw)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def photos(n=2, size=SIZE, offset=0) -> torch.Tensor:
-    ims = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket()]
-    out = []
-    for i in range(n):
-        im = ims[(i + offset) % len(ims)]
-        s = min(im.shape[:2])
-        t = torch.from_numpy(im[:s, :s].copy()).permute(2, 0, 1)[None].float()
-        out.append(F.interpolate(t, size=(size, size), mode="area")[0])
-    return torch.stack(out)
-
-
-def crops(photo: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
-    """n random 4x-downsampled SIZE x SIZE crops of a photograph (uint8 HWC)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        y = rng.integers(0, photo.shape[0] - 4 * SIZE)
-        x = rng.integers(0, photo.shape[1] - 4 * SIZE)
-        c = torch.from_numpy(photo[y:y + 4 * SIZE, x:x + 4 * SIZE].copy()).permute(2, 0, 1)[None].float()
-        out.append(F.avg_pool2d(c, 4)[0].permute(1, 2, 0).round().byte().numpy())
-    return out
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- maximisation
@@ -129,10 +101,10 @@ def test_unit_direction_and_restarts():
 # ----------------------------------------------------------------------------- caricatures
 
 
-def test_caricature_increases_the_inner_product_with_the_images_code():
+def test_caricature_increases_the_inner_product_with_the_images_code(square_photos):
     f = small("features.3")
-    x = photos(2)
-    # tiny downsampled photos have strong edges: seed 004's TV weight (5) would mostly smooth them
+    x = square_photos(2, SIZE)
+    # tiny downsampled photos have strong edges: Mahendran & Vedaldi 2015's TV weight (5) would mostly smooth them
     out, log = preimage(f, "caricature", images=x, iterations=40, lambda_tv=0.5, jitter=0)
     with torch.no_grad():
         phi0, phi = f(x), f(out)
@@ -168,9 +140,9 @@ def test_feature_mask_windows_and_channel_groups():
             parse_channels(bad, 4)
 
 
-def test_inverting_from_a_window_matches_only_the_window():
+def test_inverting_from_a_window_matches_only_the_window(square_photos):
     f = small("features.2")
-    x = photos(1)
+    x = square_photos(1, SIZE)
     m = feature_mask((16, 8, 8), window=3)
     out, log = preimage(f, "invert", images=x, mask=m, iterations=80, optimizer="adam", lr=8)
     with torch.no_grad():
@@ -201,11 +173,11 @@ def test_mask_store_zeroes_the_rest_and_keeps_provenance(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
+def shards(tmp_path_factory, downsampled_crops):
     d = tmp_path_factory.mktemp("preimage_data")
-    train = crops(skimage.data.astronaut(), 12, 0) + crops(skimage.data.coffee(), 12, 1)
+    train = downsampled_crops(skimage.data.astronaut(), 12, 0, SIZE) + downsampled_crops(skimage.data.coffee(), 12, 1, SIZE)
     write_shard(d / "train.tar", [Sample(f"t{i:02d}", im) for i, im in enumerate(train)])
-    val = crops(skimage.data.chelsea(), 3, 2)
+    val = downsampled_crops(skimage.data.chelsea(), 3, 2, SIZE)
     write_shard(d / "val.tar", [Sample(f"v{i}", im) for i, im in enumerate(val)])
     return {"train": str(d / "train.tar"), "val": str(d / "val.tar"), "val_images": np.stack(val)}
 

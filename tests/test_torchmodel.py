@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-import skimage.data
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,27 +40,11 @@ class TinyNet(nn.Module):
 TINY = f"{__name__}:TinyNet"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def photos(size=32, n=2) -> torch.Tensor:
-    """(n, 3, size, size) float [0, 255] downsampled real photographs."""
-    ims = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()][:n]
-    out = []
-    for im in ims:
-        s = min(im.shape[:2])
-        t = torch.from_numpy(im[:s, :s].copy()).permute(2, 0, 1)[None].float()
-        out.append(F.interpolate(t, size=(size, size), mode="area")[0])
-    return torch.stack(out)
-
-
-def test_layer_by_name_matches_the_modules_own_output():
-    x = photos()
+def test_layer_by_name_matches_the_modules_own_output(square_photos):
+    x = square_photos()
     f = get_feature("torch", model=TINY, layer="body.2", input="unit")
     net = f.net
     want = net.body[2](F.relu(net.body[0](x / 255.0)))
@@ -79,16 +62,16 @@ def test_layer_by_name_matches_the_modules_own_output():
     torch.testing.assert_close(whole, v)
 
 
-def test_forward_stops_at_the_layer():
-    x = photos()
+def test_forward_stops_at_the_layer(square_photos):
+    x = square_photos()
     f = get_feature("torch", model=TINY, layer="head", model_kwargs={"boom": True})
     assert f(x).shape == (2, 5, 1, 1)
     with pytest.raises(AssertionError, match="not truncated"):
         get_feature("torch", model=TINY, layer="", model_kwargs={"boom": True})(x)
 
 
-def test_params_rebuild_the_representation_and_seed_sets_the_weights():
-    x = photos()
+def test_params_rebuild_the_representation_and_seed_sets_the_weights(square_photos):
+    x = square_photos()
     f = get_feature("torch", model=TINY, layer="body.3", input="caffe", seed=3)
     assert f.params == {"model": TINY, "layer": "body.3", "weights": None, "input": "caffe",
                         "model_kwargs": None, "seed": 3}
@@ -99,15 +82,15 @@ def test_params_rebuild_the_representation_and_seed_sets_the_weights():
     assert not f.trained
 
 
-def test_output_shape_matches_forward():
+def test_output_shape_matches_forward(square_photos):
     for layer, size in (("body.0", 32), ("body.3", 32), ("body.1", 21), ("head", 32)):
         f = get_feature("torch", model=TINY, layer=layer)
-        y = f(photos(size, 1))
+        y = f(square_photos(1, size))
         assert f.output_shape(size, size) == tuple(y.shape[1:]), layer
 
 
-def test_input_normalisation_presets_and_grey_models():
-    x = photos()
+def test_input_normalisation_presets_and_grey_models(square_photos):
+    x = square_photos()
     f = get_feature("torch", model=TINY, layer="body.0", input="caffe")
     mean = torch.tensor(INPUT_PRESETS["caffe"]["mean"]).view(1, 3, 1, 1)
     torch.testing.assert_close(f.normalize(x), x.flip(1) - mean)
@@ -126,8 +109,8 @@ def test_input_normalisation_presets_and_grey_models():
         get_feature("torch", model=TINY, input={"mean": [0.5, 0.5]})
 
 
-def test_weights_file_is_loaded_strictly(tmp_path):
-    x = photos()
+def test_weights_file_is_loaded_strictly(tmp_path, square_photos):
+    x = square_photos()
     ref = TinyNet()
     path = tmp_path / "tiny.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, path)
@@ -156,16 +139,16 @@ def test_errors_name_the_bad_parameter():
             get_feature("torch", model="resnet18")
 
 
-def test_alexnet_is_the_same_capture_as_the_named_shortcut(tmp_path):
+def test_alexnet_is_the_same_capture_as_the_named_shortcut(tmp_path, square_photos):
     """get_feature("torch", TorchvisionAlexNet, "features.4") == get_feature("alexnet", torchvision, "relu2")."""
     from pipeline.features.alexnet import TAP_MODULES
 
     a2 = get_feature("alexnet", arch="torchvision", layer="relu2", weights="random", seed=0)
     path = tmp_path / "alexnet.pth"
     torch.save(a2.net.state_dict(), path)
-    x = photos(67)
+    x = square_photos(size=67)
     for tap, size in (("relu2", 67), ("pool1", 67), ("relu7", 227)):
-        xs = x if size == 67 else photos(227, 1)
+        xs = x if size == 67 else square_photos(1, 227)
         a = get_feature("alexnet", arch="torchvision", layer=tap, weights=str(path))
         t = get_feature("torch", model="pipeline.features.alexnet:TorchvisionAlexNet",
                         layer=TAP_MODULES["torchvision"][tap], weights=str(path))
@@ -180,9 +163,9 @@ def test_alexnet_is_the_same_capture_as_the_named_shortcut(tmp_path):
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_features_are_differentiable_and_frozen():
+def test_features_are_differentiable_and_frozen(square_photos):
     f = get_feature("torch", model=TINY, layer="body.3")
-    x = photos(32, 1).requires_grad_(True)
+    x = square_photos(1, 32).requires_grad_(True)
     f(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert not any(p.requires_grad for p in f.parameters())

@@ -70,26 +70,14 @@ class TinyConv(nn.Module):
         return F.relu(self.conv(x / 255.0))
 
 
-def _crops(img: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
-    """n random 4x-downsampled SIZE x SIZE crops of a photograph."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        y = rng.integers(0, img.shape[0] - 4 * SIZE)
-        x = rng.integers(0, img.shape[1] - 4 * SIZE)
-        c = torch.from_numpy(img[y:y + 4 * SIZE, x:x + 4 * SIZE]).permute(2, 0, 1)[None].float()
-        out.append(F.avg_pool2d(c, 4)[0].permute(1, 2, 0).round().byte().numpy())
-    return out
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, downsampled_crops):
     """Two image shards of 12 photo crops each and aligned float32 avg-pool stores."""
     d = tmp_path_factory.mktemp("train_data")
     photos = [skimage.data.astronaut(), skimage.data.coffee()]
     shards, stores = [], []
     for s, photo in enumerate(photos):
-        imgs = _crops(photo, 12, s)
+        imgs = downsampled_crops(photo, 12, s, SIZE)
         keys = [f"p{s}_{i:02d}" for i in range(len(imgs))]
         write_shard(d / f"train-{s}.tar", [Sample(k, im) for k, im in zip(keys, imgs)])
         x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float()
@@ -97,7 +85,7 @@ def data(tmp_path_factory):
                     dtype="float32")
         shards.append(str(d / f"train-{s}.tar"))
         stores.append(str(d / f"avg-{s}.h5"))
-    val = _crops(skimage.data.chelsea(), 5, 7)
+    val = downsampled_crops(skimage.data.chelsea(), 5, 7, SIZE)
     vkeys = [f"v{i}" for i in range(len(val))]
     write_shard(d / "val-0.tar", [Sample(k, im) for k, im in zip(vkeys, val)])
     x = torch.from_numpy(np.stack(val)).permute(0, 3, 1, 2).float()
@@ -126,14 +114,6 @@ def trained(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "hog"
     assert main(_args(data, out, "--features", *data["stores"])) == 0
     return out
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(data, one_thread):
@@ -419,20 +399,11 @@ def test_bench_train_prints_figures_against_the_paper(capsys):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
-def test_torchrun_ddp_on_cpu_matches_a_single_process(data, tmp_path, one_thread):
+def test_torchrun_ddp_on_cpu_matches_a_single_process(data, tmp_path, one_thread, torchrun):
     """Two gloo processes, each half of every global batch: the same steps as one process."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     assert main(_args(data, single, "--features", *data["stores"], "--device", "cpu")) == 0
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                        "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "pipeline",
-                        *_args(data, ddp, "--features", *data["stores"], "--device", "cpu")],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    r = torchrun(2, _args(data, ddp, "--features", *data["stores"], "--device", "cpu"), timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     cfg = json.loads((ddp / "config.json").read_text())
     assert cfg["world_size"] == 2 and cfg["steps_per_epoch"] == 3 and cfg["finished"]

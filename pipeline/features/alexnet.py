@@ -8,8 +8,8 @@ Fully connected layers give ``(B, D, 1, 1)``.
 Architectures (``arch``)
 ------------------------
 ``caffenet``
-    The network of Dosovitskiy & Brox (seed 000, supplementary Table 3) and of
-    Mahendran & Vedaldi's CNN-A (seed 004, Table 2): BVLC's
+    The network of Dosovitskiy & Brox 2016 (supplementary Table 3) and of
+    Mahendran & Vedaldi 2015's CNN-A (Table 2): BVLC's
     ``bvlc_reference_caffenet``, i.e. AlexNet with pooling *before* LRN::
 
         conv1 96@11x11 s4        -> relu1 -> pool1 3x3 s2 -> norm1 LRN(5, 1e-4, 0.75, k=1)
@@ -34,10 +34,12 @@ Architectures (``arch``)
     ``conv4.weight (384, 192, 3, 3)``, ``conv5.weight (256, 192, 3, 3)``,
     ``fc6.weight (4096, 9216)``, ``fc7.weight (4096, 4096)``,
     ``fc8.weight (1000, 4096)`` and the matching ``.bias`` vectors
-    (:data:`CAFFENET_SHAPES`).  Caffe blobs have exactly these layouts (conv
-    weights act on BGR input; fc6 reads pool5 flattened in (C, H, W) order), so
-    :func:`caffe_to_state_dict` only renames; :func:`read_caffemodel` reads the
-    blobs of a ``.caffemodel`` file without Caffe or protobuf installed.
+    (:data:`~pipeline.features.alexnet_weights.CAFFENET_SHAPES`).  Caffe blobs
+    have exactly these layouts (conv weights act on BGR input; fc6 reads pool5
+    flattened in (C, H, W) order), so
+    :func:`~pipeline.features.alexnet_weights.caffe_to_state_dict` only renames;
+    :func:`~pipeline.features.alexnet_weights.read_caffemodel` reads the blobs
+    of a ``.caffemodel`` file without Caffe or protobuf installed.
 
 ``torchvision``
     Exactly torchvision's ``AlexNet`` module layout (``features.{0,3,6,8,10}``
@@ -52,15 +54,15 @@ Layer names (``layer``)
 -----------------------
 The bare paper names ``conv1 .. conv5, fc6, fc7, fc8`` (:data:`PAPER_LAYERS`)
 are the *outputs of the paper's layers*, "the output of the last processing
-step of this layer" (seed 000): ``conv1`` = after ReLU, pooling and (CaffeNet)
-LRN, ``conv2`` likewise, ``conv3``/``conv4`` after ReLU, ``conv5`` after ReLU
-and pooling, ``fc6``/``fc7`` after ReLU, ``fc8`` before the softmax
-(:data:`PAPER_OUTPUT` maps them to taps).
+step of this layer" (Dosovitskiy & Brox 2016): ``conv1`` = after ReLU,
+pooling and (CaffeNet) LRN, ``conv2`` likewise, ``conv3``/``conv4`` after ReLU,
+``conv5`` after ReLU and pooling, ``fc6``/``fc7`` after ReLU, ``fc8`` before
+the softmax (:data:`PAPER_OUTPUT` maps them to taps).
 
-Every intermediate processing step is a *tap* named as in seed 004's Table 2
-(conv1 relu1 pool1 norm1 conv2 ... relu7 fc8), except that the linear steps
-(convolutions and fully connected layers) carry the suffix ``_raw``, because
-the bare name means the paper's output: ``conv1_raw`` is the convolution
+Every intermediate processing step is a *tap* named as in Table 2 of
+Mahendran & Vedaldi 2015 (conv1 relu1 pool1 norm1 conv2 ... relu7 fc8), except
+that the linear steps (convolutions and fully connected layers) carry the
+suffix ``_raw``, because the bare name means the paper's output: ``conv1_raw`` is the convolution
 before ReLU, ``fc6_raw`` the linear output before relu6, ``fc8_raw`` = ``fc8``.
 ``mpool1/2/5`` are accepted for ``pool1/2/5``.  :data:`LAYERS` lists the taps
 of each arch in forward order; torchvision's net has no ``norm*`` taps and an
@@ -76,11 +78,7 @@ and the network always stays in eval mode.
 """
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import time
-from collections import OrderedDict
 from typing import Iterable
 
 import numpy as np
@@ -88,8 +86,7 @@ import torch
 from torch import nn
 
 from . import register
-
-ARCHS = ("caffenet", "torchvision")
+from .alexnet_weights import check_arch, check_weights
 
 PAPER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
@@ -149,96 +146,10 @@ CAFFE_MEAN_BGR = (104.0, 116.7, 122.7)
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 
-TORCHVISION_FILE = "alexnet-owt-7be5be79.pth"
-TORCHVISION_URL = "https://download.pytorch.org/models/" + TORCHVISION_FILE
-
-#: Layers of CaffeNet that hold parameters, and their (weight, bias) shapes.
-CAFFENET_SHAPES = OrderedDict(
-    conv1=((96, 3, 11, 11), (96,)),
-    conv2=((256, 48, 5, 5), (256,)),
-    conv3=((384, 256, 3, 3), (384,)),
-    conv4=((384, 192, 3, 3), (384,)),
-    conv5=((256, 192, 3, 3), (256,)),
-    fc6=((4096, 9216), (4096,)),
-    fc7=((4096, 4096), (4096,)),
-    fc8=((1000, 4096), (1000,)),
-)
-
-
-def how_to_get_weights(arch: str) -> str:
-    """Instructions for obtaining a weights file for ``arch``."""
-    if arch == "torchvision":
-        return (
-            "get torchvision's ImageNet AlexNet weights with "
-            "`python -c \"import torchvision; torchvision.models.alexnet(weights='IMAGENET1K_V1')\"` "
-            f"(caches {torchvision_weights_path()}) or download {TORCHVISION_URL}; "
-            "then pass weights=<that path> (or weights='torchvision' to use the cache), "
-            "or weights='random' for an untrained network"
-        )
-    return (
-        "convert BVLC's bvlc_reference_caffenet.caffemodel (Caffe model zoo) once: "
-        "`python -c \"import torch; from pipeline.features.alexnet import read_caffemodel, "
-        "caffe_to_state_dict as c; torch.save(c(read_caffemodel('bvlc_reference_caffenet.caffemodel')), "
-        "'caffenet.pth')\"`, then pass weights='caffenet.pth'; "
-        "or weights='random' for an untrained network"
-    )
-
-
-def torchvision_weights_path() -> str:
-    """Where torchvision caches ``alexnet-owt-7be5be79.pth`` (torch hub dir)."""
-    return os.path.join(torch.hub.get_dir(), "checkpoints", TORCHVISION_FILE)
-
-
-def _check_arch(arch: str) -> None:
-    if arch not in ARCHS:
-        raise ValueError(f"alexnet: unknown arch {arch!r}; expected one of {ARCHS}")
-
-
-def check_weights(arch: str, weights, download: bool = True) -> str:
-    """Validate ``weights`` for ``arch`` at config time; return what to record.
-
-    Returns ``"random"`` or the path of the weights file (for ``"torchvision"``:
-    torchvision's cache file, downloaded through torch hub if ``download`` and
-    online).  Raises ``FileNotFoundError`` saying how to get weights when the file
-    is missing.
-    """
-    _check_arch(arch)
-    if weights is None:
-        raise ValueError(f"alexnet: weights must be a path, 'torchvision' or 'random'; {how_to_get_weights(arch)}")
-    if weights == "random":
-        return "random"
-    if weights == "torchvision":
-        if arch != "torchvision":
-            raise ValueError(
-                "alexnet: weights='torchvision' only exists for arch='torchvision'; "
-                + how_to_get_weights(arch)
-            )
-        path = torchvision_weights_path()
-        if not os.path.isfile(path) and download:
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                torch.hub.download_url_to_file(TORCHVISION_URL, path, hash_prefix="7be5be79", progress=False)
-            except Exception as e:  # offline, proxy, hash mismatch ...
-                raise FileNotFoundError(
-                    f"alexnet: weights='torchvision': {path} is not cached and downloading "
-                    f"{TORCHVISION_URL} failed ({type(e).__name__}: {e}); {how_to_get_weights(arch)}"
-                ) from e
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"alexnet: weights='torchvision' but {path} does not exist; {how_to_get_weights(arch)}"
-            )
-        return path
-    path = os.fspath(weights)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"alexnet: weights file {path!r} (arch={arch!r}) does not exist; {how_to_get_weights(arch)}"
-        )
-    return path
-
 
 def resolve_layer(arch: str, layer: str) -> str:
     """Tap name for ``layer`` (a paper layer, a tap, or ``mpoolN``) of ``arch``."""
-    _check_arch(arch)
+    check_arch(arch)
     if not isinstance(layer, str):
         raise TypeError(f"alexnet: layer must be a string, got {layer!r}")
     name = layer.replace("mpool", "pool") if layer.startswith("mpool") else layer
@@ -412,122 +323,6 @@ def load_weights_(net: nn.Module, path: str, arch: str) -> nn.Module:
     return net
 
 
-def caffe_to_state_dict(blobs: dict) -> "OrderedDict[str, torch.Tensor]":
-    """Caffe-style CaffeNet parameters -> our ``arch='caffenet'`` state dict.
-
-    ``blobs`` maps ``conv1 .. conv5, fc6, fc7, fc8`` to ``(W, b)`` numpy arrays
-    (as pycaffe's ``net.params[name][0].data, [1].data`` or
-    :func:`read_caffemodel`).  Conv weights are (out, in/groups, kh, kw) on BGR
-    input and fc weights (out, in), as in Caffe; arrays of the right size but
-    another shape (old Caffe's (1, 1, out, in) fc blobs, biases (1, 1, 1, out))
-    are reshaped.  Keys are ``<layer>.weight`` and ``<layer>.bias``.
-    """
-    missing = [k for k in CAFFENET_SHAPES if k not in blobs]
-    if missing:
-        raise KeyError(f"caffe_to_state_dict: missing layers {missing}; got {sorted(blobs)}")
-    out = OrderedDict()
-    for name, shapes in CAFFENET_SHAPES.items():
-        pair = blobs[name]
-        if len(pair) != 2:
-            raise ValueError(f"caffe_to_state_dict: {name} must be (weight, bias), got {len(pair)} arrays")
-        for suffix, arr, shape in zip(("weight", "bias"), pair, shapes):
-            a = np.asarray(arr, dtype=np.float32)
-            if a.size != math.prod(shape):
-                raise ValueError(
-                    f"caffe_to_state_dict: {name}.{suffix} has shape {a.shape}, expected {shape}"
-                )
-            out[f"{name}.{suffix}"] = torch.from_numpy(np.array(a.reshape(shape), dtype=np.float32, order="C"))
-    return out
-
-
-# ----------------------------------------------------------- minimal .caffemodel reader
-# NetParameter: layer = 100 (LayerParameter: name = 1, blobs = 7),
-#               layers = 2 (V1LayerParameter: name = 4, blobs = 6).
-# BlobProto: num 1, channels 2, height 3, width 4, data 5 (float), shape 7
-# (BlobShape: dim 1, int64), double_data 8.
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        b = buf[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, i
-        shift += 7
-
-
-def _fields(buf: bytes):
-    """Yield (field number, wire type, value) of a protobuf message."""
-    i, n = 0, len(buf)
-    while i < n:
-        key, i = _varint(buf, i)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            val, i = _varint(buf, i)
-        elif wire == 1:
-            val, i = buf[i:i + 8], i + 8
-        elif wire == 2:
-            ln, i = _varint(buf, i)
-            val, i = buf[i:i + ln], i + ln
-        elif wire == 5:
-            val, i = buf[i:i + 4], i + 4
-        else:
-            raise ValueError(f"caffemodel: unsupported protobuf wire type {wire}")
-        yield field, wire, val
-
-
-def _blob(buf: bytes) -> np.ndarray:
-    legacy = {}
-    shape: list[int] = []
-    data: list[np.ndarray] = []
-    for f, w, v in _fields(buf):
-        if f in (1, 2, 3, 4) and w == 0:
-            legacy[f] = v
-        elif f == 7 and w == 2:
-            for f2, w2, v2 in _fields(v):
-                if f2 == 1 and w2 == 2:  # packed
-                    j = 0
-                    while j < len(v2):
-                        d, j = _varint(v2, j)
-                        shape.append(d)
-                elif f2 == 1 and w2 == 0:
-                    shape.append(v2)
-        elif f == 5:
-            data.append(np.frombuffer(v, dtype="<f4").astype(np.float32))
-        elif f == 8:
-            data.append(np.frombuffer(v, dtype="<f8").astype(np.float32))
-    arr = (data[0] if len(data) == 1 else np.concatenate(data)) if data else np.zeros(0, np.float32)
-    if not shape:
-        shape = [legacy.get(k, 1) for k in (1, 2, 3, 4)]
-    return arr.reshape(shape)
-
-
-def read_caffemodel(path: str) -> dict[str, list[np.ndarray]]:
-    """Blobs of every layer with parameters in a binary ``.caffemodel``.
-
-    A dependency-free protobuf reader for Caffe's NetParameter (new ``layer``
-    and V1 ``layers`` formats): returns ``{layer name: [blob arrays]}``.
-    """
-    with open(path, "rb") as f:
-        buf = memoryview(f.read())  # slices of a memoryview do not copy
-    out: dict[str, list[np.ndarray]] = {}
-    for field, wire, val in _fields(buf):
-        if wire != 2 or field not in (2, 100):
-            continue
-        name_f, blob_f = (1, 7) if field == 100 else (4, 6)
-        name, blobs = None, []
-        for f, w, v in _fields(val):
-            if f == name_f and w == 2:
-                name = bytes(v).decode("utf-8")
-            elif f == blob_f and w == 2:
-                blobs.append(_blob(v))
-        if name is not None and blobs:
-            out[name] = blobs
-    return out
-
-
 # --------------------------------------------------------------------------- feature
 
 
@@ -551,7 +346,7 @@ class AlexNetFeature(nn.Module):
 
     def __init__(self, layer: str = "conv5", arch: str = "caffenet", weights="random", seed: int = 0) -> None:
         super().__init__()
-        _check_arch(arch)
+        check_arch(arch)
         self.arch = arch
         self.layer = layer.replace("mpool", "pool") if isinstance(layer, str) else layer
         self.tap = resolve_layer(arch, layer)
@@ -661,71 +456,3 @@ def _shape_net(arch: str) -> nn.Module:
         with torch.device("meta"):
             _SHAPE_NETS[arch] = _NETS[arch]()
     return _SHAPE_NETS[arch]
-
-
-# --------------------------------------------------------------------------- benchmark
-
-
-def bench_alexnet(args=None) -> int:
-    """Print images/s of every paper layer (truncated forward, random weights).
-
-    ``args``: a Namespace with ``size`` (227), ``batch`` (64), ``threads`` (1),
-    ``repeat`` (3, best of), ``device`` ("cpu"; "cuda" also adds CUDA when
-    available, "all" = CPU and CUDA when available) and ``arch`` ("both").  The
-    reference is the full network (fc8) in the same run: each layer's speed is
-    also given as a ratio to it.
-    """
-    args = args or argparse.Namespace()
-    size = int(getattr(args, "size", 227) or 227)
-    batch = int(getattr(args, "batch", 64) or 64)
-    threads = int(getattr(args, "threads", 1) or 1)
-    repeat = max(1, int(getattr(args, "repeat", 3) or 3))
-    device = getattr(args, "device", "cpu") or "cpu"
-    arch_arg = getattr(args, "arch", "both") or "both"
-    archs = ARCHS if arch_arg in ("both", "all") else (arch_arg,)
-    devices = ["cpu"] if device in ("cpu", "cuda", "all") else [device]
-    if device in ("cuda", "all") or device.startswith("cuda"):
-        if torch.cuda.is_available():
-            devices = (["cpu"] if device == "all" else []) + [device if device.startswith("cuda:") else "cuda"]
-        elif device != "all":
-            print("alexnet bench: CUDA not available, CPU only")
-            devices = ["cpu"]
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for dev in devices:
-            g = torch.Generator().manual_seed(0)
-            x_cpu = torch.rand(batch, 3, size, size, generator=g) * 255
-            for arch in archs:
-                if arch == "caffenet" and size != 227:
-                    print(f"alexnet bench: skipping fc layers of caffenet at {size}x{size} (needs 227)")
-                print(f"\nAlexNet arch={arch} weights=random (untrained) device={dev} "
-                      f"size={size} batch={batch} threads={threads} best of {repeat}")
-                print(f"{'layer':>6} {'tap':>8} {'shape':>14} {'images/s':>10} {'x full net':>10}")
-                x = x_cpu.to(dev)
-                rows = []
-                for layer in PAPER_LAYERS:
-                    try:
-                        shape = layer_shape(arch, layer, size, size)
-                    except ValueError:
-                        continue
-                    f = AlexNetFeature(layer=layer, arch=arch, weights="random").to(dev)
-                    best = float("inf")
-                    with torch.inference_mode():
-                        f(x[:2])  # warm-up
-                        for _ in range(repeat):
-                            if dev.startswith("cuda"):
-                                torch.cuda.synchronize()
-                            t0 = time.perf_counter()
-                            f(x)
-                            if dev.startswith("cuda"):
-                                torch.cuda.synchronize()
-                            best = min(best, time.perf_counter() - t0)
-                    rows.append((layer, f.tap, shape, batch / best))
-                ref = rows[-1][3] if rows and rows[-1][0] == "fc8" else None
-                for layer, tap, shape, ips in rows:
-                    ratio = f"{ips / ref:10.2f}" if ref else f"{'-':>10}"
-                    print(f"{layer:>6} {tap:>8} {'x'.join(map(str, shape)):>14} {ips:10.1f} {ratio}")
-    finally:
-        torch.set_num_threads(old_threads)
-    return 0

@@ -9,7 +9,7 @@ images; VLFeat 0.9.21 through ctypes, one image at a time, on the same grey
 images (conversion not timed).  Figures are the best of ``--repeat`` runs; ``--clock cpu`` times
 with the thread's CPU time instead of the wall clock (steadier on a shared
 machine; for the CPU runs only).  Then AlexNet's layers
-(:func:`pipeline.features.alexnet.bench_alexnet`, if present) at
+(:func:`pipeline.features.alexnet_bench.bench_alexnet`) at
 ``--alexnet-size``.  ``--store-sizes`` also writes each feature of
 ``--store-images`` photo crops to a float16 gzip HDF5 store
 (:func:`pipeline.store.write_store`) and prints bytes per image.
@@ -27,6 +27,7 @@ import torch
 
 from pipeline import vlfeat
 from pipeline.features import get_feature, to_gray
+from pipeline.features.alexnet_bench import bench_alexnet
 
 FEATURES = ("hog", "hogb", "lbp", "dsift", "sift")
 PHOTOS = ("astronaut", "coffee", "chelsea", "camera", "rocket", "coins", "immunohistochemistry",
@@ -174,12 +175,7 @@ def bench_features(argv: list[str]) -> int:
     if args.store_sizes:
         _store_sizes([n for n in names if n in FEATURES], args.store_images, args.size)
     if "alexnet" in names:
-        try:
-            from pipeline.features.alexnet import bench_alexnet
-        except (ImportError, AttributeError):
-            bench_alexnet = None
-        if bench_alexnet is not None:
-            a = copy.copy(args)
-            a.size = args.alexnet_size
-            bench_alexnet(a)
+        a = copy.copy(args)
+        a.size = args.alexnet_size
+        bench_alexnet(a)
     return 0

@@ -6,7 +6,7 @@ Dense SIFT equals VLFeat's ``vl_dsift_new_basic(W, H, step, bin_size)`` +
 whole image) to about 1e-6; the tests check 1e-4 (see ``DSIFT``).
 
 Sparse SIFT is the paper's arrangement of VLFeat's ``vl_sift`` keypoints
-(seed 000, section 2.2): cells of d = 4 pixels, each holding zeros or, for
+(Dosovitskiy & Brox 2016, section 2.2): cells of d = 4 pixels, each holding zeros or, for
 one keypoint in the cell, ``(descriptor, x mod d, y mod d, sin a, cos a,
 log s)`` (128 + 5 = 133 channels).
 """

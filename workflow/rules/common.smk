@@ -35,7 +35,7 @@ def _check_config():
             )
     a = config["alexnet"]
     if a["layers"] and a["weights"] not in ("random", "torchvision"):
-        from pipeline.features.alexnet import check_weights
+        from pipeline.features.alexnet_weights import check_weights
 
         try:
             check_weights(a["arch"], a["weights"], download=False)

@@ -1,4 +1,4 @@
-# Natural pre-images (seed 002): a small gallery of activation maximisation,
+# Natural pre-images (Mahendran & Vedaldi 2016, IJCV): a small gallery of activation maximisation,
 # caricatures and masked inversions for a few AlexNet layers.
 
 
