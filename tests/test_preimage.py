@@ -1,4 +1,4 @@
-"""Natural pre-images (seed 002): maximisation, caricatures, masked inversion, a generic layer end to end."""
+"""Natural pre-images (Mahendran & Vedaldi 2016, IJCV): maximisation, caricatures, masked inversion, a generic layer end to end."""
 from __future__ import annotations
 
 import json
@@ -15,14 +15,9 @@ from torch import nn
 from pipeline.cli import main
 from pipeline.decoders.architectures import build_decoder
 from pipeline.features import get_feature
-from pipeline.preimage import (
-    activation_scale,
-    feature_mask,
-    mask_store,
-    parse_channels,
-    preimage,
-    unit_direction,
-)
+from pipeline.preimage.masks import feature_mask, mask_store, parse_channels
+from pipeline.preimage.objectives import activation_scale, unit_direction
+from pipeline.preimage.optimise import preimage
 from pipeline.data.shards import Sample, write_shard
 from pipeline.store import FeatureStore, write_store
 
@@ -132,7 +127,7 @@ def test_unit_direction_and_restarts():
 def test_caricature_increases_the_inner_product_with_the_images_code():
     f = small("features.3")
     x = photos(2)
-    # tiny downsampled photos have strong edges: seed 004's TV weight (5) would mostly smooth them
+    # tiny downsampled photos have strong edges: Mahendran & Vedaldi 2015's TV weight (5) would mostly smooth them
     out, log = preimage(f, "caricature", images=x, iterations=40, lambda_tv=0.5, jitter=0)
     with torch.no_grad():
         phi0, phi = f(x), f(out)
