@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reconstruct": ("pipeline.decoders.reconstruct", "reconstruct validation images with a trained decoder"),
     "invert-mv": ("pipeline.baselines.mv", "Mahendran & Vedaldi optimisation inversion"),
     "invert-hoggles": ("pipeline.baselines.hoggles_cli", "HOGgles paired-dictionary inversion"),
-    "preimage": ("pipeline.preimage", "natural pre-images: invert, maximise, caricature"),
+    "preimage": ("pipeline.preimage.commands", "natural pre-images: invert, maximise, caricature"),
     "evaluate": ("pipeline.evaluation.commands", "metrics, tables and figures"),
     "bench": ("pipeline.bench", "benchmarks: data, features, train, invert"),
 }

@@ -1,4 +1,5 @@
-"""Small file helpers shared by every stage: atomic writes, checksums, JSON."""
+"""Small file helpers shared by every stage: atomic writes, checksums, JSON,
+caption sidecars."""
 from __future__ import annotations
 
 import contextlib
@@ -42,6 +43,11 @@ def write_json(path, obj) -> None:
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_caption_sidecar(path, caption: str) -> None:
+    """``<path>.caption.txt`` beside an output file (read by the Snakemake report)."""
+    write_text(f"{path}.caption.txt", (caption or "").strip() + "\n")
 
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:

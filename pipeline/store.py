@@ -1,10 +1,18 @@
-"""Per-shard feature stores in HDF5.
+"""Per-shard stores in HDF5: feature stores, reconstruction stores, and
+stores derived from others.
 
 One store per (representation, image shard), aligned with the image shard:
 the dataset ``keys`` holds the image keys in the shard's order, ``features``
 holds an ``(N, D, h, w)`` array (float16 or float32), chunked per image and
 compressed.  Attributes record the feature name, its parameters (JSON), the
 package version and the SHA-256 of the image shard it was computed from.
+
+A *reconstruction store* (:func:`write_reconstructions`, read with
+:class:`ReconstructionStore`) has the same layout with images
+``(N, 3, H, W)`` as float16 pixels in [0, 255] in ``features``, whatever
+method made them (learned decoders, optimisation, HOGgles, pre-images).
+:func:`derive_store` writes a copy of a store with its features transformed
+(perturbed or masked features), keeping keys and provenance.
 
 HDF5 rather than WebDataset tars because decoders and evaluation read
 features by index (random access for shuffling, subsets for evaluation), a
@@ -16,7 +24,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
@@ -25,6 +35,13 @@ from pipeline import __version__
 from pipeline.io import atomic_path
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
+
+#: The ``feature`` attribute of a reconstruction store.
+RECONSTRUCTION = "reconstruction"
+#: Attributes every store gets from :func:`write_store` (not copied by :func:`derive_store`).
+_PROVENANCE = ("feature", "params", "code_version", "image_shard", "image_shard_sha256")
+#: Keys of a reconstruction store's parameters set by :func:`write_reconstructions` itself.
+_RECONSTRUCTION_PARAMS = ("representation", "method", "feature")
 
 
 def write_store(
@@ -126,3 +143,116 @@ def store_info(path) -> dict:
             "image_shard": str(s.attrs.get("image_shard", "")),
             "image_shard_sha256": str(s.attrs.get("image_shard_sha256", "")),
         }
+
+
+# --------------------------------------------------------------------------- reconstruction stores
+
+
+def write_reconstructions(
+    path,
+    keys: list[str],
+    images: np.ndarray,
+    *,
+    method: str,
+    representation: str | None,
+    feature: str | None,
+    feature_params: dict | None,
+    image_shard: str | None = None,
+    image_shard_sha256: str | None = None,
+    details: dict | None = None,
+    extra_attrs: dict | None = None,
+) -> None:
+    """Write a reconstruction store: ``images`` ``(N, 3, H, W)`` pixels in [0, 255], as float16.
+
+    Every method writes the same attributes: ``feature = "reconstruction"``,
+    ``method`` and ``pixel_range = "0-255"``, and the parameters (JSON)
+    ``{"representation": ..., "method": ..., "feature": {"name": feature,
+    "params": feature_params}}`` (``"feature": None`` when ``feature`` is
+    None) naming the representation inverted, plus the method's ``details``
+    (e.g. ``"inversion"`` settings).  ``extra_attrs`` are further attributes.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{path}: reconstructions must be (N, 3, H, W), got shape {images.shape}")
+    clash = sorted(set(details or {}) & set(_RECONSTRUCTION_PARAMS))
+    if clash:
+        raise ValueError(f"{path}: details may not set {clash}")
+    attrs = dict(extra_attrs or {})
+    clash = sorted(set(attrs) & {*_PROVENANCE, "method", "pixel_range"})
+    if clash:
+        raise ValueError(f"{path}: extra_attrs may not set {clash}")
+    params = {
+        "representation": representation,
+        "method": method,
+        "feature": {"name": feature, "params": dict(feature_params or {})} if feature else None,
+        **(details or {}),
+    }
+    write_store(path, keys, images, feature=RECONSTRUCTION, params=params, image_shard=image_shard,
+                image_shard_sha256=image_shard_sha256, dtype="float16",
+                extra_attrs={"pixel_range": "0-255", "method": method, **attrs})
+
+
+@dataclass(frozen=True)
+class ReconstructionMeta:
+    """What a reconstruction store records: the method, the representation
+    inverted (its label, feature name and parameters; empty when the store
+    does not record them) and all its attributes and parameters."""
+
+    path: str
+    method: str
+    representation: str
+    feature: str
+    feature_params: dict
+    params: dict
+    attrs: dict
+
+
+class ReconstructionStore(FeatureStore):
+    """Read access to a reconstruction store (see :func:`write_reconstructions`):
+    a :class:`FeatureStore` of images, with :attr:`meta` a :class:`ReconstructionMeta`."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        kind = str(self.attrs.get("feature", ""))
+        if kind != RECONSTRUCTION:
+            self.close()
+            raise ValueError(f"{self.path}: not a reconstruction store (feature {kind!r}, "
+                             f"expected {RECONSTRUCTION!r})")
+        inner = self.params.get("feature") or {}
+        self.meta = ReconstructionMeta(
+            path=str(self.path),
+            method=str(self.attrs.get("method", "")),
+            representation=str(self.params.get("representation") or ""),
+            feature=str(inner.get("name") or ""),
+            feature_params=dict(inner.get("params") or {}),
+            params=self.params,
+            attrs=dict(self.attrs),
+        )
+
+
+# --------------------------------------------------------------------------- derived stores
+
+
+def derive_store(src, dst, transform: Callable[[np.ndarray], np.ndarray], *, params: dict | None = None,
+                 attrs: dict | None = None, dtype: str | None = None) -> None:
+    """Write ``dst``: the store ``src`` with ``transform`` applied to all its features.
+
+    ``transform`` maps the float32 array ``(N, ...)`` to an array of the same
+    length.  Keys, the feature name, its parameters, the image shard and its
+    SHA-256 and the other attributes are kept; ``params`` are added to the
+    parameters and ``attrs`` to the attributes (recording the derivation).
+    ``dtype``: of the new store (default: the source's).
+    """
+    with FeatureStore(src) as s:
+        features = s.all()
+        keys = list(s.keys)
+        src_attrs = dict(s.attrs)
+        src_params = dict(s.params)
+        dtype = dtype or ("float16" if s.dtype == np.float16 else "float32")
+    out = np.asarray(transform(features))
+    extra = {k: v for k, v in src_attrs.items() if k not in _PROVENANCE}
+    extra.update(attrs or {})
+    write_store(dst, keys, out, feature=str(src_attrs.get("feature", "")), params={**src_params, **(params or {})},
+                image_shard=str(src_attrs.get("image_shard", "")) or None,
+                image_shard_sha256=str(src_attrs.get("image_shard_sha256", "")) or None,
+                dtype=dtype, extra_attrs=extra)

@@ -17,8 +17,9 @@ from skimage.transform import resize
 from pipeline.cli import main
 from pipeline.evaluation import figures, metrics, perturbations, tables
 from pipeline.features import register, to_gray
+from pipeline.images import image_grid
 from pipeline.data.shards import Sample, write_shard
-from pipeline.store import FeatureStore, write_store
+from pipeline.store import FeatureStore, ReconstructionStore, write_reconstructions, write_store
 from pipeline.vocabulary import FIGURE7_CURVES
 
 
@@ -326,13 +327,14 @@ def workspace(tmp_path, photos):
     noisy = np.clip(nchw(photos) + rng.normal(0, 40, (len(photos), 3, SIZE, SIZE)), 0, 255).astype(np.float32)
     mv_params = {"representation": "test_eval_grad", "method": "mahendran-vedaldi",
                  "feature": {"name": "test_eval_grad", "params": {"cell": 4}}}
+    exact_params = {"representation": "test_eval_grad", "feature": {"name": "test_eval_grad", "params": {"cell": 4}}}
     w = {"keys": keys, "shards": [str(s) for s in shards], "good": good, "noisy": noisy, "tmp": tmp_path,
          "ours0": store("ours0", good, slice(0, 5)), "ours1": store("ours1", good, slice(5, None)),
          # the layout of invert-mv and reconstruct stores: the representation under params["feature"]
          "mv0": store("mv0", noisy, slice(0, 5), params=mv_params, extra_attrs={"method": "mahendran-vedaldi"}),
          "mv1": store("mv1", noisy, slice(5, None), params=mv_params),
-         "exact0": store("exact0", nchw(photos), slice(0, 5), feature="test_eval_grad", params={"cell": 4}),
-         "exact1": store("exact1", nchw(photos), slice(5, None), feature="test_eval_grad", params={"cell": 4})}
+         "exact0": store("exact0", nchw(photos), slice(0, 5), params=exact_params),
+         "exact1": store("exact1", nchw(photos), slice(5, None), params=exact_params)}
     return w
 
 
@@ -532,7 +534,7 @@ def test_figure_functions_with_a_decoder_callable(tmp_path, photos, feats):
     figures.reconstruction_grid(tmp_path / "g.png", photos[:2], {"half": list(blurred(photos[:2]))}, caption="grid")
     _nonblank_png(tmp_path / "g.png")
     with pytest.raises(ValueError, match="no images"):
-        figures.image_grid(tmp_path / "empty.png", [])
+        image_grid(tmp_path / "empty.png", [])
 
 
 def test_figure_cli_with_a_saved_decoder(workspace):
@@ -574,11 +576,23 @@ def test_table2_checks_report_failures():
     assert tables.table2_checks([rec("ours-hog", "ours", 0.3)]) == []
 
 
-def test_representation_of_store_layouts():
-    direct = {"path": "a.h5", "attrs": {"feature": "hog"}, "params": {"cell": 8}}
-    nested = {"path": "b.h5", "attrs": {"feature": "reconstruction"},
-              "params": {"representation": "hog", "feature": {"name": "hog", "params": {"cell": 8}}}}
-    assert tables.representation_of_store(direct) == ("hog", {"cell": 8})
-    assert tables.representation_of_store(nested) == ("hog", {"cell": 8})
-    with pytest.raises(ValueError, match="b.h5.*--feature"):
-        tables.representation_of_store({**nested, "params": {"representation": "hog"}})
+def test_reconstruction_stores_one_layout(tmp_path, photos):
+    keys = [f"img{i:02d}" for i in range(3)]
+    rec = tmp_path / "rec.h5"
+    write_reconstructions(rec, keys, nchw(photos[:3]), method="mahendran-vedaldi", representation="hog",
+                          feature="hog", feature_params={"cell": 8}, details={"inversion": {"iterations": 3}})
+    with ReconstructionStore(rec) as st:
+        m = st.meta
+        assert st.dtype == np.float16 and st.attrs["pixel_range"] == "0-255" and st.attrs["method"] == m.method
+        assert (m.method, m.representation, m.feature, m.feature_params) == ("mahendran-vedaldi", "hog", "hog", {"cell": 8})
+        assert m.params["inversion"] == {"iterations": 3}
+        assert tables.representation_of_store(m) == ("hog", {"cell": 8})
+    # a store that does not record its representation, and a feature store, are named errors
+    bare = tmp_path / "bare.h5"
+    write_store(bare, keys, nchw(photos[:3]), feature="reconstruction", params={"representation": "hog"})
+    with ReconstructionStore(bare) as st, pytest.raises(ValueError, match="bare.h5.*--feature"):
+        tables.representation_of_store(st.meta)
+    feats = tmp_path / "feats.h5"
+    write_store(feats, keys, nchw(photos[:3]), feature="hog", params={"cell": 8})
+    with pytest.raises(ValueError, match="not a reconstruction store"):
+        ReconstructionStore(feats)

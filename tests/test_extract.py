@@ -77,7 +77,7 @@ def test_store_info_prints_shape_dtype_count_bytes(tmp_path, shard, capsys):
 
 def test_bad_params_and_unreadable_store_fail_clearly(tmp_path, shard):
     path, _ = shard
-    with pytest.raises(SystemExit, match="--params"):
+    with pytest.raises(ValueError, match="--params"):
         cli.main(["extract", "--feature", "alexnet", "--params", "{not json", "--shard", str(path),
                   "--out", str(tmp_path / "x.h5")])
     with pytest.raises(KeyError, match="unknown feature 'nosuch'"):

@@ -15,14 +15,9 @@ from torch import nn
 from pipeline.cli import main
 from pipeline.decoders.architectures import build_decoder
 from pipeline.features import get_feature
-from pipeline.preimage import (
-    activation_scale,
-    feature_mask,
-    mask_store,
-    parse_channels,
-    preimage,
-    unit_direction,
-)
+from pipeline.preimage.masks import feature_mask, mask_store, parse_channels
+from pipeline.preimage.objectives import activation_scale, unit_direction
+from pipeline.preimage.optimise import preimage
 from pipeline.data.shards import Sample, write_shard
 from pipeline.store import FeatureStore, write_store
 

@@ -4,12 +4,12 @@
 (:func:`pipeline.baselines.hoggles.train_paired_dictionary`) and writes it as
 an ``.npz``; ``invert`` inverts the representation of the images of image
 shards with it (:func:`pipeline.baselines.hoggles.invert_hoggles`) and writes
-one HDF5 store of reconstructions per shard (grey, replicated to 3 channels).
+one reconstruction store per shard (:func:`pipeline.store.write_reconstructions`,
+method ``hoggles``; grey, replicated to 3 channels).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -32,7 +32,8 @@ from pipeline.baselines.hoggles import (
 from pipeline.features import get_feature
 from pipeline.io import sha256_file
 from pipeline.data.shards import load_shard_arrays
-from pipeline.store import write_store
+from pipeline.options import parse_device, parse_json_params
+from pipeline.store import write_reconstructions
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -66,20 +67,10 @@ def run(args) -> int:
     return {"train": run_train, "invert": run_invert}[args.hoggles_command](args)
 
 
-def _params(text: str) -> dict:
-    try:
-        params = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"--params is not valid JSON: {e}") from None
-    if not isinstance(params, dict):
-        raise SystemExit(f"--params must be a JSON object, got {text!r}")
-    return params
-
-
 def run_train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    params = _params(args.params)
+    params = parse_json_params(args.params)
     feature = get_feature(args.feature, **params).eval()
     n_images = sum(_shard_image_count(p, args.max_images) for p in args.shards)
     pd = train_paired_dictionary(
@@ -98,11 +89,11 @@ def run_train(args) -> int:
 
 def run_invert(args) -> int:
     if len(args.out) != len(args.shard):
-        raise SystemExit(f"--out: {len(args.out)} paths for {len(args.shard)} shards")
+        raise ValueError(f"--out: {len(args.out)} paths for {len(args.shard)} shards")
     if args.batch_size < 1:
-        raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     pd = PairedDictionary.load(args.dict)
-    device = torch.device(args.device)
+    device = parse_device(args.device)
     feature = get_feature(pd.feature, **pd.feature_params).to(device).eval()
     for shard, out in zip(args.shard, args.out):
         t0 = time.perf_counter()
@@ -117,15 +108,14 @@ def run_invert(args) -> int:
                 phi = feature(gray).cpu()
             g = invert_hoggles(pd, phi, (H, W), pad=args.pad, solver=args.solver, device=device)
             rec[s: s + len(g)] = np.repeat(g, 3, axis=1)  # grey -> 3 channels
-        write_store(
-            out, keys, rec, feature="reconstruction",
-            params={"representation": pd.feature, "method": "hoggles",
-                    "feature": {"name": pd.feature, "params": pd.feature_params},
-                    "inversion": {"dictionary": str(args.dict), "atoms": pd.atoms, "window": [pd.ny, pd.nx],
-                                  "cell": pd.cell, "lambda": pd.lam, "pad": args.pad, "solver": args.solver,
-                                  "blend_sigma": BLEND_SIGMA, "train": pd.meta}},
-            image_shard=str(shard), image_shard_sha256=sha256_file(shard), dtype="float16",
-            extra_attrs={"pixel_range": "0-255", "method": "hoggles", "grey": "replicated to 3 channels"},
+        write_reconstructions(
+            out, keys, rec, method="hoggles", representation=pd.feature,
+            feature=pd.feature, feature_params=pd.feature_params,
+            image_shard=str(shard), image_shard_sha256=sha256_file(shard),
+            details={"inversion": {"dictionary": str(args.dict), "atoms": pd.atoms, "window": [pd.ny, pd.nx],
+                                   "cell": pd.cell, "lambda": pd.lam, "pad": args.pad, "solver": args.solver,
+                                   "blend_sigma": BLEND_SIGMA, "train": pd.meta}},
+            extra_attrs={"grey": "replicated to 3 channels"},
         )
         print(f"wrote {out}: {len(keys)} HOGgles reconstructions in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return 0

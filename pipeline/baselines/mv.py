@@ -21,8 +21,9 @@ of grey images (HOG, HOGb, DSIFT, LBP, SIFT) are inverted in one channel with
 with ``m`` the ImageNet mean colour.
 
 Command line: ``python -m pipeline invert-mv`` inverts the images of image
-shards and writes one HDF5 store of reconstructions per shard (the layout of
-the decoders' ``reconstruct`` stores) and optionally a per-iteration CSV log.
+shards and writes one reconstruction store per shard
+(:func:`pipeline.store.write_reconstructions`, method ``mahendran-vedaldi``)
+and optionally a per-iteration CSV log.
 """
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ from pipeline.baselines.terms import (
 from pipeline.features import get_feature, to_gray
 from pipeline.io import atomic_path, sha256_file
 from pipeline.data.shards import load_shard_arrays
-from pipeline.store import write_store
+from pipeline.options import parse_device, parse_json_params
+from pipeline.store import write_reconstructions
 
 
 def invert(
@@ -275,29 +277,15 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="reconstruct grey (1) or colour (3); auto: grey for representations of grey images")
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(name)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available")
-    return d
-
-
 def run(args) -> int:
     if len(args.out) != len(args.shard):
-        raise SystemExit(f"--out: {len(args.out)} paths for {len(args.shard)} shards")
+        raise ValueError(f"--out: {len(args.out)} paths for {len(args.shard)} shards")
     if args.log is not None and len(args.log) != len(args.shard):
-        raise SystemExit(f"--log: {len(args.log)} paths for {len(args.shard)} shards")
+        raise ValueError(f"--log: {len(args.log)} paths for {len(args.shard)} shards")
     if args.batch_size < 1:
-        raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
-    try:
-        params = json.loads(args.params)
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"--params is not valid JSON: {e}") from None
-    if not isinstance(params, dict):
-        raise SystemExit(f"--params must be a JSON object, got {args.params!r}")
-    device = _device(args.device)
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    params = parse_json_params(args.params)
+    device = parse_device(args.device)
     feature = get_feature(args.feature, **params).to(device).eval()
     channels = None if args.channels == "auto" else int(args.channels)
     representation = args.representation or (
@@ -328,15 +316,11 @@ def run(args) -> int:
         rec_all = np.concatenate(recs) if recs else np.zeros((0, 3, H, W), np.float32)
         settings = dict(logs[0].settings) if logs else {}
         fparams = dict(getattr(feature, "params", params))
-        # the layout of the decoders' ``reconstruct`` stores (pipeline.decoders.reconstruct)
-        write_store(
-            out, keys, rec_all, feature="reconstruction",
-            params={"representation": representation, "method": "mahendran-vedaldi",
-                    "feature": {"name": args.feature, "params": fparams}, "inversion": settings},
-            image_shard=str(shard), image_shard_sha256=sha256_file(shard), dtype="float16",
+        write_reconstructions(
+            out, keys, rec_all, method="mahendran-vedaldi", representation=representation,
+            feature=args.feature, feature_params=fparams,
+            image_shard=str(shard), image_shard_sha256=sha256_file(shard), details={"inversion": settings},
             extra_attrs={
-                "pixel_range": "0-255",
-                "method": "mahendran-vedaldi",
                 "final_feature_loss": json.dumps([float(v) for lg in logs for v in lg.final("feature_loss")]),
             },
         )

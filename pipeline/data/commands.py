@@ -122,7 +122,7 @@ def run_list(args) -> int:
     try:
         dataset = json.loads(args.dataset)
     except json.JSONDecodeError as e:
-        raise SystemExit(f"--dataset: not valid JSON ({e})")
+        raise ValueError(f"--dataset: not valid JSON ({e})")
     entries = build_index(dataset, args.split, args.seed)
     write_json(args.out, {"split": args.split, "seed": args.seed, "dataset": dataset, "entries": entries})
     print(f"{args.split}: {len(entries)} entries -> {args.out}", file=sys.stderr)

@@ -8,7 +8,7 @@ The package follows a decoder's life:
 * :mod:`~pipeline.decoders.data`: training pairs (image shards aligned with
   feature stores) and the seeded batch order of each epoch.
 * :mod:`~pipeline.decoders.step`: the network trained (optional encoder and
-  decoder), its device and precision, and one optimisation step.
+  decoder), its mixed precision, and one optimisation step.
 * :mod:`~pipeline.decoders.training`: ``python -m pipeline train``, the
   training run (set up, resume, epochs, checkpoints).
 * :mod:`~pipeline.decoders.modelfile`: the ``decoder.pt`` format and the

@@ -13,7 +13,8 @@ import time
 import torch
 
 from pipeline.decoders.architectures import KINDS, build_decoder
-from pipeline.decoders.step import InversionModel, _amp_dtype, _device, train_step
+from pipeline.decoders.step import InversionModel, _amp_dtype, train_step
+from pipeline.options import parse_device
 
 PAPER_MS_PER_IMAGE = 5.0  # Dosovitskiy & Brox 2016: "roughly 5 ms per image on a GPU"
 
@@ -54,7 +55,7 @@ def bench_train(argv: list[str]) -> int:
           f"{'vs paper 5 ms':>14}")
     results = {}
     for dev_name in devices:
-        device = _device(dev_name)
+        device = parse_device(dev_name, "--devices")
         amp = _amp_dtype(device, "auto")
         for kind in a.kinds:
             torch.manual_seed(0)

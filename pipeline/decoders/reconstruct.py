@@ -1,11 +1,12 @@
 """``python -m pipeline reconstruct``: images from features with a trained decoder.
 
 Applies a trained decoder (Dosovitskiy & Brox 2016) to validation shards and
-writes, per shard, an HDF5 store (``write_store``) keyed like the shard
-whose ``features`` are the reconstructions ``(N, 3, H, W)`` as float16 pixel
-values in [0, 255] at the image size (bilinear up-sampling of the native
-output, as the paper's evaluation does), plus a PNG grid of
-(input | reconstruction) pairs.
+writes, per shard, a reconstruction store
+(:func:`pipeline.store.write_reconstructions`, method ``ours``, or
+``autoencoder`` for a decoder trained with a fine-tuned encoder) keyed like
+the shard: the reconstructions ``(N, 3, H, W)`` as float16 pixel values in
+[0, 255] at the image size (bilinear up-sampling of the native output, as the
+paper's evaluation does), plus a PNG grid of (input | reconstruction) pairs.
 """
 from __future__ import annotations
 
@@ -15,16 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from pipeline.decoders.architectures import Decoder, resize_images
 from pipeline.decoders.data import PairedData, _collate
 from pipeline.decoders.modelfile import _decoder_file, load_model
-from pipeline.decoders.step import _device
-from pipeline.decoders.training import _parse_params
 from pipeline.features import get_feature
-from pipeline.io import atomic_path, sha256_file
-from pipeline.store import write_store
+from pipeline.images import image_grid, side_by_side
+from pipeline.io import sha256_file
+from pipeline.options import parse_device, parse_json_params
+from pipeline.store import write_reconstructions
 
 def reconstruct_batch(decoder: Decoder, features: torch.Tensor, size=None) -> torch.Tensor:
     """Images (B, 3, H, W) float in [0, 255] reconstructed from ``features``.
@@ -78,7 +78,7 @@ def run_reconstruct(args) -> int:
 
 
 def reconstruct(args) -> list[str]:
-    device = _device(args.device)
+    device = parse_device(args.device)
     decoder, encoder, payload = load_model(args.model, device)
     shards = [str(s) for s in args.images]
     if args.features and args.on_the_fly:
@@ -93,7 +93,7 @@ def reconstruct(args) -> list[str]:
         if encoder is None or args.feature:
             feat = payload.get("feature") or {}
             name = args.feature or feat.get("name")
-            params = _parse_params(args.params) if args.params else feat.get("params", {})
+            params = parse_json_params(args.params) if args.params else feat.get("params", {})
             if not name:
                 raise ValueError("--on-the-fly: the model records no feature; give --feature NAME")
             encoder = get_feature(name, **params).to(device).eval()
@@ -104,6 +104,8 @@ def reconstruct(args) -> list[str]:
     else:
         outs = [str(Path(args.out_dir) / (Path(s).name.split(".")[0] + ".h5")) for s in shards]
 
+    method = "autoencoder" if payload.get("encoder_state_dict") is not None else "ours"
+    inverted = payload.get("feature") or {}  # the representation the decoder inverts
     grid_pairs = []
     for i, (shard, out) in enumerate(zip(shards, outs)):
         data = PairedData([shard], [args.features[i]] if args.features else None, in_memory=False)
@@ -124,32 +126,16 @@ def reconstruct(args) -> list[str]:
                 if len(grid_pairs) < args.grid_count:
                     grid_pairs.append((imgs[j].numpy(), y[j].permute(1, 2, 0).round().byte().numpy()))
         data.close()
-        write_store(
-            out, data.keys, recon, feature="reconstruction",
-            params={"representation": payload.get("representation"), "decoder": payload["build_args"],
-                    "feature": payload.get("feature"), "model": str(_decoder_file(args.model))},
-            image_shard=shard, image_shard_sha256=sha256_file(shard), dtype="float16",
-            extra_attrs={"pixel_range": "0-255", "native_size": json.dumps(payload.get("native_size"))},
+        write_reconstructions(
+            out, data.keys, recon, method=method, representation=payload.get("representation"),
+            feature=inverted.get("name"), feature_params=inverted.get("params"),
+            image_shard=shard, image_shard_sha256=sha256_file(shard),
+            details={"decoder": payload["build_args"], "model": str(_decoder_file(args.model))},
+            extra_attrs={"native_size": json.dumps(payload.get("native_size"))},
         )
         print(f"{out}: {len(data)} reconstructions from {shard}", flush=True)
-    if args.grid:
-        write_grid(args.grid, grid_pairs, args.grid_cols)
+    if args.grid:  # rows of --grid-cols (input | reconstruction) pairs, 2 px white gaps
+        cols = max(1, min(args.grid_cols, len(grid_pairs)))
+        cells = [side_by_side(a, b) for a, b in grid_pairs]
+        image_grid(args.grid, [cells[k:k + cols] for k in range(0, len(cells), cols)], gap=2, col_gap=4)
     return outs
-
-
-def write_grid(path, pairs, cols: int = 4, gap: int = 2) -> None:
-    """PNG of (input | reconstruction) pairs, ``cols`` pairs per row, white gaps."""
-    if not pairs:
-        raise ValueError("no images for the grid")
-    h = max(max(a.shape[0], b.shape[0]) for a, b in pairs)
-    w = max(a.shape[1] + b.shape[1] for a, b in pairs)
-    cols = max(1, min(cols, len(pairs)))
-    rows = (len(pairs) + cols - 1) // cols
-    canvas = np.full((rows * (h + gap) + gap, cols * (w + 2 * gap) + gap, 3), 255, np.uint8)
-    for k, (a, b) in enumerate(pairs):
-        r, c = divmod(k, cols)
-        y, x = gap + r * (h + gap), gap + c * (w + 2 * gap)
-        canvas[y:y + a.shape[0], x:x + a.shape[1]] = a
-        canvas[y:y + b.shape[0], x + a.shape[1]:x + a.shape[1] + b.shape[1]] = b
-    with atomic_path(path) as tmp:
-        Image.fromarray(canvas).save(tmp, format="PNG")

@@ -6,8 +6,8 @@ section 4.2) and the decoder.  :func:`train_step` minimises the squared error
 between the decoder's output and the image (equation 3 of the paper) in
 normalised pixel units ``t = x / 127.5 - 1``, the target resized to the
 decoder's native size; :func:`lr_at` is the step decay of the learning rate.
-:func:`_device` and :func:`_amp_dtype` pick the device and the mixed
-precision (bf16, or fp16 with a GradScaler, on CUDA).
+:func:`_amp_dtype` picks the mixed precision (bf16, or fp16 with a
+GradScaler, on CUDA).
 """
 from __future__ import annotations
 
@@ -54,15 +54,6 @@ class InversionModel(nn.Module):
 def lr_at(step: int, total: int, base: float, milestones=(0.6, 0.8, 0.9), gamma: float = 0.5) -> float:
     """Step decay: ``base * gamma ** (number of milestones m with step >= m * total)``."""
     return base * gamma ** sum(step >= m * total for m in milestones)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available")
-    return dev
 
 
 def _amp_dtype(device: torch.device, amp: str):

@@ -58,7 +58,6 @@ Conventions
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -74,9 +73,10 @@ from pipeline.decoders.architectures import KINDS, Decoder, build_decoder, decod
 from pipeline.decoders.data import PairedData, _collate
 from pipeline.decoders.loop import Run, _catch_sigterm, _finish, _Progress, train_loop
 from pipeline.decoders.modelfile import _set_rng_states, checkpoint_mismatch, file_fingerprints
-from pipeline.decoders.step import InversionModel, _amp_dtype, _device
+from pipeline.decoders.step import InversionModel, _amp_dtype
 from pipeline.features import get_feature
 from pipeline.io import write_json
+from pipeline.options import parse_device, parse_json_params
 
 SCALE_SAMPLES = 512
 
@@ -133,7 +133,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def _dist_setup(device_arg: str):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1, _device(device_arg)
+        return 0, 1, parse_device(device_arg)
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available() and device_arg in ("auto", "cuda"):
@@ -174,16 +174,6 @@ def _feature_rms(model: InversionModel, data: PairedData, device, n: int = SCALE
         enc.train(was_training)
     rms = math.sqrt(total / max(count, 1))
     return rms if rms > 0 and math.isfinite(rms) else 1.0
-
-
-def _parse_params(text: str) -> dict:
-    try:
-        params = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--params is not valid JSON ({e}): {text!r}") from None
-    if not isinstance(params, dict):
-        raise ValueError(f"--params must be a JSON object, got {text!r}")
-    return params
 
 
 def run(args) -> int:
@@ -230,7 +220,7 @@ def load_encoder(args, data: PairedData, device: torch.device):
     if args.on_the_fly:
         if not args.feature:
             raise ValueError("--on-the-fly needs --feature NAME (a registered representation)")
-        feature = {"name": args.feature, "params": _parse_params(args.params)}
+        feature = {"name": args.feature, "params": parse_json_params(args.params)}
         encoder = get_feature(args.feature, **feature["params"]).to(device)
         in_shape = tuple(int(v) for v in encoder.output_shape(*data.image_size))
         if args.finetune_encoder:

@@ -21,15 +21,15 @@ from pipeline.evaluation.metrics import compute_mean_image, images_nchw
 from pipeline.evaluation.perturbations import (
     HistogramSampler, TruncatedGaussianSampler, perturb,
 )
-from pipeline.evaluation.report import caption_text, weights_in, write_caption_sidecar, write_csv
+from pipeline.evaluation.report import caption_text, weights_in, write_csv
 from pipeline.evaluation.tables import (
     MV_TABLE1_COLUMNS, TABLE2_COLUMNS, _feature_module, compute_features,
     mv_table1, render_mv_table1_md, render_table2_md, table2,
 )
 from pipeline.evaluation.testset import TestSet, read_reconstructions
-from pipeline.io import atomic_path, write_text
+from pipeline.io import atomic_path, write_caption_sidecar, write_text
+from pipeline.store import derive_store
 from pipeline.vocabulary import FEATURE_TRANSFORMS, FIGURE7_CURVES, MV_TABLE1_ROWS, TABLE2_ROWS
-from pipeline.store import FeatureStore, write_store
 from pipeline.decoders.modelfile import load_model
 from pipeline.decoders.reconstruct import reconstruct_batch
 
@@ -301,7 +301,7 @@ def run_grid(args) -> int:
         label, paths = _parse_assign(it, "--column")
         idx, recs, meta = read_reconstructions(test, paths)
         for m in meta:
-            weights |= weights_in(m["params"])
+            weights |= weights_in(m.params)
         pos = {int(i): j for j, i in enumerate(idx)}
         columns[label] = [recs[pos[i]] if i in pos else None for i in sel]
     caption = _caption(args, weights)
@@ -323,16 +323,9 @@ def run_perturb(args) -> int:
     if len(args.out) != len(args.features):
         raise ValueError(f"--out: {len(args.out)} paths for {len(args.features)} --features stores")
     for i, (src, dst) in enumerate(zip(args.features, args.out)):
-        with FeatureStore(src) as st:
-            f = torch.from_numpy(st.all())
-            attrs = {k: v for k, v in st.attrs.items()
-                     if k not in ("feature", "params", "image_shard", "image_shard_sha256", "code_version")}
-            g = perturb(f, args.kind, seed=args.seed + i)
-            attrs["perturbation"] = json.dumps({"kind": args.kind, "seed": args.seed + i})
-            write_store(dst, st.keys, g.numpy(), feature=str(st.attrs.get("feature", "")), params=st.params,
-                        image_shard=str(st.attrs.get("image_shard", "")),
-                        image_shard_sha256=str(st.attrs.get("image_shard_sha256", "")),
-                        dtype="float32", extra_attrs=attrs)
+        seed = args.seed + i
+        derive_store(src, dst, lambda f: perturb(torch.from_numpy(f), args.kind, seed=seed).numpy(),
+                     attrs={"perturbation": json.dumps({"kind": args.kind, "seed": seed})}, dtype="float32")
         print(f"wrote {dst}: {args.kind} of {src}")
     return 0
 

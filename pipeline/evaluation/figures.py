@@ -15,7 +15,6 @@ array, any device), e.g. the first value of
 """
 from __future__ import annotations
 
-import textwrap
 from typing import Callable, Mapping, Sequence
 
 import matplotlib
@@ -29,9 +28,9 @@ from pipeline.evaluation.metrics import (  # noqa: E402
     images_nchw, mean_pairwise_distance, normalized_errors, prepare_reconstructions, summarize,
 )
 from pipeline.evaluation.perturbations import interpolate, perturb, top_k_only, without_top_k  # noqa: E402
-from pipeline.evaluation.report import weights_in, write_caption_sidecar  # noqa: E402
+from pipeline.evaluation.report import weights_in  # noqa: E402
 from pipeline.evaluation.testset import TestSet, read_reconstructions  # noqa: E402
-from pipeline.io import atomic_path  # noqa: E402
+from pipeline.images import image_grid, save_figure  # noqa: E402
 from pipeline.vocabulary import ALEXNET_LAYERS, FIGURE7_CURVES  # noqa: E402
 
 FIGURE7_COLUMNS = (
@@ -59,7 +58,7 @@ def figure7(test: TestSet, points: dict[tuple[str, str], list[str]], *, dataset:
         for layer in sorted((l for cc, l in points if cc == c), key=_layer_order):
             idx, recs, meta = read_reconstructions(test, points[(c, layer)])
             for m in meta:
-                weights |= weights_in(m["params"])
+                weights |= weights_in(m.params)
             err, _ = normalized_errors(test.images[idx], recs, norm)
             s = summarize(err, ci=ci, seed=seed)
             records.append({"curve": c, "label": labels.get(c, c), "layer": layer, "dataset": dataset,
@@ -70,56 +69,6 @@ def figure7(test: TestSet, points: dict[tuple[str, str], list[str]], *, dataset:
 
 
 # --------------------------------------------------------------------------- drawing
-
-
-def to_uint8_hwc(img) -> np.ndarray:
-    """An image (H, W, 3) uint8, (3, H, W) or (H, W, 3) float in [0, 255] -> (H, W, 3) uint8."""
-    a = img.detach().float().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
-    if a.ndim != 3:
-        raise ValueError(f"expected one image (3, H, W) or (H, W, 3), got shape {a.shape}")
-    if a.shape[0] in (1, 3) and a.shape[2] not in (1, 3):
-        a = a.transpose(1, 2, 0)
-    if a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    if a.dtype == np.uint8:
-        return a
-    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
-
-
-def _save(fig, path, caption: str) -> None:
-    if caption:
-        fig.suptitle("\n".join(textwrap.wrap(caption, 110)), fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight")
-    plt.close(fig)
-    write_caption_sidecar(path, caption)
-
-
-def image_grid(path, rows: Sequence[Sequence], *, row_labels: Sequence[str] | None = None,
-               col_labels: Sequence[str] | None = None, caption: str = "", cell: float = 1.2, dpi: int = 100) -> None:
-    """Write a PNG grid: ``rows[i][j]`` an image (see :func:`to_uint8_hwc`) or None (blank cell)."""
-    n_rows = len(rows)
-    n_cols = max((len(r) for r in rows), default=0)
-    if n_rows == 0 or n_cols == 0:
-        raise ValueError("image_grid: no images")
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols + (0.8 if row_labels else 0), cell * n_rows + 0.6),
-                             dpi=dpi, squeeze=False)
-    for i in range(n_rows):
-        for j in range(n_cols):
-            ax = axes[i][j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for s in ax.spines.values():
-                s.set_visible(False)
-            im = rows[i][j] if j < len(rows[i]) else None
-            if im is not None:
-                ax.imshow(to_uint8_hwc(im), interpolation="nearest")
-            if i == 0 and col_labels is not None and j < len(col_labels):
-                ax.set_title(col_labels[j], fontsize=8)
-            if j == 0 and row_labels is not None and i < len(row_labels):
-                ax.set_ylabel(row_labels[i], fontsize=8, rotation=0, ha="right", va="center")
-    fig.subplots_adjust(wspace=0.04, hspace=0.08)
-    _save(fig, path, caption)
 
 
 def _decode(decoder: Decoder, feats) -> np.ndarray:
@@ -173,7 +122,7 @@ def plot_layer_errors(path, records: Sequence[dict], *, caption: str = "", layer
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    _save(fig, path, caption)
+    save_figure(fig, path, caption)
 
 
 def figure_topk(path, images, features, decoder: Decoder, *, k: int = 5, labels: Sequence[str] | None = None,

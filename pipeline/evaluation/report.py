@@ -1,6 +1,7 @@
 """Output of the evaluation: caption lines (dataset, AlexNet weights,
-"untrained"), their ``.caption.txt`` sidecars for the Snakemake report, CSV
-files and Markdown tables.
+"untrained"; their ``.caption.txt`` sidecars for the Snakemake report are
+written by :func:`pipeline.io.write_caption_sidecar`), CSV files and
+Markdown tables.
 """
 from __future__ import annotations
 
@@ -45,11 +46,6 @@ def weights_in(params) -> set[str]:
 
     walk(params)
     return found
-
-
-def write_caption_sidecar(path, caption: str) -> None:
-    """``<path>.caption.txt`` beside an output file (read by the Snakemake report)."""
-    write_text(f"{path}.caption.txt", (caption or "").strip() + "\n")
 
 
 # --------------------------------------------------------------------------- CSV and Markdown

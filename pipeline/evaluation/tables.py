@@ -20,7 +20,7 @@ from pipeline.evaluation.metrics import (
 from pipeline.evaluation.report import _fmt, markdown_table
 from pipeline.evaluation.testset import TestSet, read_reconstructions
 from pipeline.features import get_feature
-from pipeline.store import FeatureStore
+from pipeline.store import FeatureStore, ReconstructionMeta
 from pipeline.vocabulary import FLOOR_ROW, MV_TABLE1_ROWS, TABLE2_ROWS
 
 # --------------------------------------------------------------------------- row evaluation
@@ -169,21 +169,11 @@ def compute_features(module, images_or_recs: torch.Tensor, batch_size: int = 32,
     return torch.cat(out)
 
 
-def representation_of_store(meta: dict) -> tuple[str, dict]:
-    """(feature name, params) a reconstruction store was made from, from its attributes.
-
-    Inversion stores (``invert-mv``) carry ``feature``/``params`` directly;
-    decoder reconstructions carry ``feature="reconstruction"`` and
-    ``params["feature"] = {"name", "params"}``.
-    """
-    feat = str(meta["attrs"].get("feature", ""))
-    params = meta["params"] or {}
-    if feat and feat != "reconstruction":
-        return feat, params
-    inner = params.get("feature") if isinstance(params, dict) else None
-    if isinstance(inner, dict) and inner.get("name"):
-        return str(inner["name"]), dict(inner.get("params") or {})
-    raise ValueError(f"{meta['path']}: the store does not record its representation; give --feature ROW=NAME")
+def representation_of_store(meta: ReconstructionMeta) -> tuple[str, dict]:
+    """(feature name, params) of the representation a reconstruction store inverts."""
+    if not meta.feature:
+        raise ValueError(f"{meta.path}: the store does not record its representation; give --feature ROW=NAME")
+    return meta.feature, dict(meta.feature_params)
 
 
 MV_TABLE1_COLUMNS = (

@@ -1,5 +1,6 @@
 """The test set of the evaluation: the validation images and the
-reconstructions of them in reconstruction stores, matched by image key.
+reconstructions of them in reconstruction stores
+(:class:`pipeline.store.ReconstructionStore`), matched by image key.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.data.shards import load_shard_arrays
-from pipeline.store import FeatureStore
+from pipeline.store import ReconstructionMeta, ReconstructionStore
 
 # --------------------------------------------------------------------------- inputs
 
@@ -52,17 +53,17 @@ class TestSet:
         return tuple(self.images.shape[1:3])
 
 
-def read_reconstructions(test: TestSet, stores: Sequence) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+def read_reconstructions(test: TestSet, stores: Sequence) -> tuple[np.ndarray, np.ndarray, list[ReconstructionMeta]]:
     """Indices into ``test`` and reconstructions (M, 3, h, w) of ``stores``, matched by key.
 
     Stores may cover a subset of the test images (e.g. ``--max-images``);
     keys unknown to the test set, or present twice, are errors.  Images
     outside the evaluated subset (``--max-images`` on the test set) are
-    skipped.  Returns also each store's attributes and parameters.
+    skipped.  Returns also each store's :class:`ReconstructionMeta`.
     """
     idx, recs, meta, seen = [], [], [], set()
     for path in stores:
-        with FeatureStore(path) as st:
+        with ReconstructionStore(path) as st:
             feats = st.all()
             if feats.ndim != 4 or feats.shape[1] not in (1, 3):
                 raise ValueError(f"{path}: expected reconstructions (N, 3, H, W), got shape {feats.shape}")
@@ -77,7 +78,7 @@ def read_reconstructions(test: TestSet, stores: Sequence) -> tuple[np.ndarray, n
                 seen.add(k)
                 idx.append(test.index[k])
                 recs.append(feats[j])
-            meta.append({"path": str(path), "attrs": {k: v for k, v in st.attrs.items()}, "params": st.params})
+            meta.append(st.meta)
     if not recs:
         raise ValueError(f"no reconstructions of the test images in {list(map(str, stores))}")
     return np.asarray(idx), np.stack(recs), meta

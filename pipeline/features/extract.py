@@ -13,6 +13,7 @@ import torch
 from pipeline.features import get_feature
 from pipeline.io import sha256_file
 from pipeline.data.shards import load_shard_arrays
+from pipeline.options import parse_device, parse_json_params
 from pipeline.store import store_info, write_store
 
 
@@ -43,15 +44,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    try:
-        params = json.loads(args.params)
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"--params: not valid JSON ({e})")
+    params = parse_json_params(args.params)
+    device = parse_device(args.device)
     torch.set_num_threads(max(1, args.threads))
     t = time.perf_counter()
     module = get_feature(args.feature, **params)
     keys, images, _ = load_shard_arrays(args.shard)
-    feats = compute_features(module, images, args.batch_size, args.device)
+    feats = compute_features(module, images, args.batch_size, device)
     write_store(
         args.out,
         keys,
