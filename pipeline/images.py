@@ -11,6 +11,7 @@ the images at their own pixel size on a white canvas.
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 from typing import Sequence
 
 import matplotlib
@@ -51,11 +52,14 @@ def side_by_side(*images) -> np.ndarray:
 
 
 def save_figure(fig, path, caption: str) -> None:
-    """Write a matplotlib figure as PNG with ``caption`` as its title and in ``<path>.caption.txt``."""
+    """Write a matplotlib figure as PNG, and as PDF beside it (same name, ``.pdf``),
+    with ``caption`` as its title and in ``<path>.caption.txt``."""
     if caption:
         fig.suptitle("\n".join(textwrap.wrap(caption, 110)), fontsize=8)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight")
+    with atomic_path(Path(path).with_suffix(".pdf")) as tmp:
+        fig.savefig(tmp, format="pdf", bbox_inches="tight")
     plt.close(fig)
     write_caption_sidecar(path, caption)
 

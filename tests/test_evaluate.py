@@ -596,3 +596,20 @@ def test_reconstruction_stores_one_layout(tmp_path, photos):
     write_store(feats, keys, nchw(photos[:3]), feature="hog", params={"cell": 8})
     with pytest.raises(ValueError, match="not a reconstruction store"):
         ReconstructionStore(feats)
+
+
+def test_figure7_keeps_identical_curves_visible_and_writes_a_pdf(tmp_path, monkeypatch):
+    """Curves lying on top of each other (equal errors) still draw distinguishably:
+    each its own marker and line style, slightly offset along x."""
+    rec = lambda curve, layer, e: {"curve": curve, "label": curve, "layer": layer, "error_mean": e,
+                                   "error_ci95_low": e - 0.01, "error_ci95_high": e + 0.01}
+    recs = [rec(c, l, 0.5) for c in ("ours", "mv", "autoencoder") for l in ("conv1", "fc8")]
+    figures.plot_layer_errors(tmp_path / "three.png", recs)
+    assert (tmp_path / "three.png").stat().st_size > 0 and (tmp_path / "three.pdf").stat().st_size > 0
+    seen = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path, caption: seen.setdefault("fig", fig))
+    figures.plot_layer_errors(tmp_path / "again.png", recs)
+    lines = [ln for ln in seen["fig"].axes[0].get_lines() if len(ln.get_xdata()) == 2]
+    assert len(lines) == 3
+    assert len({ln.get_marker() for ln in lines}) == 3 and len({ln.get_linestyle() for ln in lines}) == 3
+    assert len({tuple(ln.get_xdata()) for ln in lines}) == 3

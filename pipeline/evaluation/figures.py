@@ -107,14 +107,19 @@ def plot_layer_errors(path, records: Sequence[dict], *, caption: str = "", layer
     present = [l for l in order if any(r["layer"] == l for r in records)]
     xpos = {l: i for i, l in enumerate(present)}
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=dpi)
-    for curve in dict.fromkeys(r["curve"] for r in records):
+    # each curve its own marker, line style and a small horizontal offset, so that
+    # curves lying on top of each other (e.g. identical errors) all stay visible
+    curves = list(dict.fromkeys(r["curve"] for r in records))
+    markers, styles = "osD^v<>phX*", ("-", "--", "-.", ":")
+    for i, curve in enumerate(curves):
         pts = sorted((r for r in records if r["curve"] == curve), key=lambda r: xpos[r["layer"]])
-        x = np.array([xpos[r["layer"]] for r in pts])
+        x = np.array([xpos[r["layer"]] for r in pts]) + 0.06 * (i - (len(curves) - 1) / 2)
         y = np.array([r["error_mean"] for r in pts], dtype=float)
         lo = np.array([r.get("error_ci95_low", np.nan) for r in pts], dtype=float)
         hi = np.array([r.get("error_ci95_high", np.nan) for r in pts], dtype=float)
         yerr = np.vstack([np.nan_to_num(y - lo), np.nan_to_num(hi - y)])
-        ax.errorbar(x, y, yerr=yerr, marker="o", ms=4, capsize=2, label=pts[0].get("label", curve))
+        ax.errorbar(x, y, yerr=yerr, marker=markers[i % len(markers)], ls=styles[i % len(styles)], ms=5,
+                    mfc="none" if i % 2 else None, capsize=2, label=pts[0].get("label", curve))
     ax.set_xticks(range(len(present)))
     ax.set_xticklabels(present)
     ax.set_xlabel("layer to reconstruct from")
