@@ -609,7 +609,7 @@ def test_figure7_keeps_identical_curves_visible_and_writes_a_pdf(tmp_path, monke
     seen = {}
     monkeypatch.setattr(figures, "save_figure", lambda fig, path, caption: seen.setdefault("fig", fig))
     figures.plot_layer_errors(tmp_path / "again.png", recs)
-    lines = [ln for ln in seen["fig"].axes[0].get_lines() if len(ln.get_xdata()) == 2]
+    lines = [c.lines[0] for c in seen["fig"].axes[0].containers]  # each errorbar's data line
     assert len(lines) == 3
     assert len({ln.get_marker() for ln in lines}) == 3 and len({ln.get_linestyle() for ln in lines}) == 3
     assert len({tuple(ln.get_xdata()) for ln in lines}) == 3
