@@ -76,7 +76,7 @@ def write_store(
             f"{path}: {len(keys)} keys but features of shape {features.shape}"
         )
     what = _describe(feature, params)
-    _require_finite(path, keys, features, what, "nothing was written")
+    check_finite(path, keys, features, what, "nothing was written")
     data = features.astype(DTYPES[dtype])
     if dtype == "float16" and features.size and not np.isfinite(data).all():
         over = np.abs(features[~np.isfinite(data)])
@@ -115,7 +115,7 @@ def _describe(feature: str, params: dict) -> str:
     return f"feature {feature!r}"
 
 
-def _require_finite(path, keys, values: np.ndarray, what: str, fix: str) -> None:
+def check_finite(path, keys, values: np.ndarray, what: str, fix: str) -> None:
     """Raise naming ``path``, the count and the first item when ``values`` ((N, ...)) hold NaN or Inf."""
     if values.size == 0 or values.dtype.kind not in "fc":
         return
@@ -168,7 +168,7 @@ class FeatureStore:
         if values.size and not np.isfinite(values).all():
             items = np.atleast_1d(np.arange(len(self.keys))[idx])
             keys = [self.keys[i] for i in items]
-            _require_finite(self.path, keys, values.reshape(len(items), -1), self._what, REWRITE)
+            check_finite(self.path, keys, values.reshape(len(items), -1), self._what, REWRITE)
         return values
 
     def all(self) -> np.ndarray:
