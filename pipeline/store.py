@@ -77,7 +77,8 @@ def write_store(
         )
     what = _describe(feature, params)
     check_finite(path, keys, features, what, "nothing was written")
-    data = features.astype(DTYPES[dtype])
+    with np.errstate(over="ignore"):  # reported below, naming the store
+        data = features.astype(DTYPES[dtype])
     if dtype == "float16" and features.size and not np.isfinite(data).all():
         over = np.abs(features[~np.isfinite(data)])
         raise ValueError(

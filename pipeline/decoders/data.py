@@ -95,7 +95,7 @@ class PairedData(torch.utils.data.Dataset):
         if not self.keys:
             self.image_size, self.in_memory = None, False
             return
-        first = self._read_image(0, 0)
+        first = self._read_image(*self.locate(0))  # the first shard may be empty
         self.image_size = tuple(first.shape[:2])
         if in_memory == "auto":
             itemsize = 2 if store_dtype == np.float16 else 4  # as _preload keeps them

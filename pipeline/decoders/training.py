@@ -245,8 +245,8 @@ def load_encoder(args, data: PairedData, device: torch.device):
         if args.feature:  # the representation the stores must hold
             why = feature_mismatch(feature, {"name": args.feature, "params": parse_json_params(args.params)})
             if why:
-                raise ValueError(f"feature stores {', '.join(args.features[:2])}{' ...' if len(args.features) > 2 else ''}: "
-                                 f"the stores {why} (--feature {args.feature} --params {args.params})")
+                raise ValueError(f"feature store {args.features[0]} {why} (expected: --feature {args.feature} "
+                                 f"--params {args.params})")
     return encoder, feature, in_shape
 
 
