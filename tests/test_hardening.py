@@ -9,8 +9,6 @@ import pickle
 import resource
 import shlex
 import signal
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -24,18 +22,17 @@ from PIL import Image
 from torch import nn
 
 from pipeline.baselines.hoggles import PairedDictionary
-from pipeline.cli import main
+from pipeline.cli import entry, main
 from pipeline.data.commands import build_listing, make_shard
 from pipeline.data.imagefolder import SkipImage, list_files, load_image_file
 from pipeline.data.shards import Sample, read_shard, write_shard
 from pipeline.decoders.modelfile import DECODER_FORMAT, load_model
 from pipeline.evaluation.commands import _load_mean_image
 from pipeline.features import check_params, register, verify_weights
-from pipeline.io import atomic_path, write_json
+from pipeline.io import atomic_path
 from pipeline.store import FeatureStore, write_reconstructions, write_store
 
 SIZE = 32
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -122,13 +119,6 @@ def train_args(shards, stores, out, *extra, steps=2, batch=4):
             "--checkpoint-every", "1", "--log-every", "1", "--threads", "1", "--seed", "1", *extra]
 
 
-def run_entry(args, tmp_path, preexec=None, timeout=120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=timeout, preexec_fn=preexec)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Shards of real photo crops (train 8, val 3, and an imposter with the val keys),
@@ -157,7 +147,7 @@ def test_files_the_project_writes_load_with_weights_only(data):
     assert isinstance(ck["rng"]["numpy"][1], torch.Tensor)
 
 
-def test_a_crafted_decoder_file_is_refused_without_running_code(payload, tmp_path):
+def test_a_crafted_decoder_file_is_refused_without_running_code(payload, tmp_path, capsys):
     evil, marker = payload
     path = tmp_path / "decoder.pt"
     torch.save({"format": DECODER_FORMAT, "build_args": evil, "state_dict": {}, "feature": None}, path)
@@ -165,9 +155,9 @@ def test_a_crafted_decoder_file_is_refused_without_running_code(payload, tmp_pat
         load_model(path)
     assert "posix.system" in str(e.value) or "system" in str(e.value)
     assert not marker.exists()
-    r = run_entry(["reconstruct", "--model", str(path), "--images", "x.tar", "--on-the-fly", "--out", "y.h5",
-                   "--device", "cpu"], tmp_path)
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(f"error: {path}: refused"), r.stderr
+    assert entry(["reconstruct", "--model", str(path), "--images", "x.tar", "--on-the-fly", "--out", "y.h5",
+                  "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {path}: refused")
     assert not marker.exists()
 
 
@@ -348,9 +338,13 @@ def test_empty_shards_flow_through_every_stage(tmp_path):
         recs["hoggles"].append(str(tmp_path / f"hg-{k}.h5"))
         assert main(["invert-hoggles", "invert", "--dict", str(tmp_path / "pd.npz"), "--shard", t,
                      "--out", recs["hoggles"][-1]]) == 0
-    for method in recs:
-        with FeatureStore(recs[method][0]) as s:
-            assert len(s) == 0, method
+    pert = str(tmp_path / "binarized-0.h5")
+    assert main(["evaluate", "perturb", "--features", stores["val"][0], "--kind", "binarize", "--out", pert]) == 0
+    assert main(["reconstruct", "--model", str(model), "--images", shards["val"][0], "--features", pert, "--out",
+                 str(tmp_path / "ours-binarized-0.h5"), "--device", "cpu"]) == 0
+    for path in [*(recs[m][0] for m in recs), tmp_path / "ours-binarized-0.h5"]:
+        with FeatureStore(path) as s:
+            assert len(s) == 0, path
     assert main(["preimage", "--mode", "invert", "--feature", "hog", "--shard", shards["val"][0],
                  "--out", str(tmp_path / "pre.h5"), "--grid", str(tmp_path / "pre.png")]) == 0
     assert (tmp_path / "pre.png").exists()
@@ -616,18 +610,20 @@ def test_a_damaged_hdf5_chunk_names_the_store(data, tmp_path):
             s[3]
 
 
-def test_a_full_disk_while_saving_a_checkpoint_names_the_file(data, tmp_path):
-    """The file-size limit makes every write past 48 KiB fail, as a full disk does."""
-    size = (data["model"] / "checkpoint.pt").stat().st_size
-    assert size > 64 << 10
-
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (48 << 10, 48 << 10))
-
+def test_a_full_disk_while_saving_a_checkpoint_names_the_file(data, tmp_path, capsys):
+    """A file-size limit makes every write past 48 KiB fail (EFBIG), as a full disk does (ENOSPC)."""
+    assert (data["model"] / "checkpoint.pt").stat().st_size > 64 << 10
     out = tmp_path / "m"
-    r = run_entry(train_args([data["train"]], [data["stores"]["train"]], out), tmp_path, preexec=limit)
-    assert r.returncode == 2, r.stderr
-    last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: {out / 'checkpoint.pt'}: could not be written") and "disk full" in last, last
+    args = train_args([data["train"]], [data["stores"]["train"]], out)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (48 << 10, hard))
+    try:
+        rc = entry(args)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {out / 'checkpoint.pt'}: could not be written") and "disk full" in err, err
     assert not list(out.glob(".*.tmp")) and not (out / "checkpoint.pt").exists()
