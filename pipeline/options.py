@@ -1,12 +1,17 @@
 """Values of command-line options shared by the commands: ``--device`` and
-``--params`` (a representation's parameters as a JSON object).
+``--params`` (a representation's parameters as a JSON object), and the
+``argparse`` types of numbers that must be positive (:func:`positive_int`,
+:func:`positive_float`, ...).
 
-Both raise :class:`ValueError` with a one-line message naming the option,
-which the command line prints as one line (exit code 2).
+The parsers raise :class:`ValueError` with a one-line message naming the
+option, which the command line prints as one line (exit code 2); argparse
+refuses a number of the wrong sign naming the option (exit code 2).
 """
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import re
 
 import torch
@@ -36,3 +41,50 @@ def parse_json_params(text: str, option: str = "--params") -> dict:
     if not isinstance(params, dict):
         raise ValueError(f"{option} must be a JSON object, got {text!r}")
     return params
+
+
+# --------------------------------------------------------------------------- argparse types
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: an integer >= 1 (argparse names the option when refused)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """An ``argparse`` type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An ``argparse`` type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """An ``argparse`` type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value

@@ -14,6 +14,14 @@ method made them (learned decoders, optimisation, HOGgles, pre-images).
 :func:`derive_store` writes a copy of a store with its features transformed
 (perturbed or masked features), keeping keys and provenance.
 
+Nothing non-finite passes: :func:`write_store` refuses NaN or Inf (and
+values beyond float16's range in a float16 store) naming the store and the
+first item, and :class:`FeatureStore` checks every read the same way, so
+that neither a decoder nor a table silently consumes them.  A store records
+the SHA-256 of its image shard; :func:`verify_image_shard` checks it against
+the shard a command is given, and :func:`feature_mismatch` compares the
+representation a store holds with the one a decoder expects.
+
 HDF5 rather than WebDataset tars because decoders and evaluation read
 features by index (random access for shuffling, subsets for evaluation), a
 store is a single dense array per shard that h5py memory-maps chunk by chunk,
@@ -32,9 +40,11 @@ import h5py
 import numpy as np
 
 from pipeline import __version__
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, sha256_file
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
+#: What to do about a store that cannot be used.
+REWRITE = "delete it and rerun the job that wrote it"
 
 #: The ``feature`` attribute of a reconstruction store.
 RECONSTRUCTION = "reconstruction"
@@ -65,24 +75,56 @@ def write_store(
         raise ValueError(
             f"{path}: {len(keys)} keys but features of shape {features.shape}"
         )
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("keys", data=np.array(keys, dtype=h5py.string_dtype()))
-            chunks = (1,) + features.shape[1:] if features.shape[0] else None
-            f.create_dataset(
-                "features",
-                data=features.astype(DTYPES[dtype]),
-                chunks=chunks,
-                compression=compression if features.shape[0] else None,
-                shuffle=compression is not None and features.shape[0] > 0,
-            )
-            f.attrs["feature"] = feature
-            f.attrs["params"] = json.dumps(params, sort_keys=True)
-            f.attrs["code_version"] = __version__
-            f.attrs["image_shard"] = image_shard or ""
-            f.attrs["image_shard_sha256"] = image_shard_sha256 or ""
-            for k, v in (extra_attrs or {}).items():
-                f.attrs[k] = v
+    what = _describe(feature, params)
+    check_finite(path, keys, features, what, "nothing was written")
+    with np.errstate(over="ignore"):  # reported below, naming the store
+        data = features.astype(DTYPES[dtype])
+    if dtype == "float16" and features.size and not np.isfinite(data).all():
+        over = np.abs(features[~np.isfinite(data)])
+        raise ValueError(
+            f"{path}: {over.size} values of {what} exceed float16's range (largest |x| {float(over.max()):.4g} > "
+            f"{float(np.finfo(np.float16).max):.0f}); store them as float32 (extract --dtype float32; "
+            "in the config: features.dtype: float32)"
+        )
+    try:
+        with atomic_path(path) as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("keys", data=np.array(keys, dtype=h5py.string_dtype()))
+                chunks = (1,) + features.shape[1:] if features.shape[0] else None
+                f.create_dataset(
+                    "features",
+                    data=data,
+                    chunks=chunks,
+                    compression=compression if features.shape[0] else None,
+                    shuffle=compression is not None and features.shape[0] > 0,
+                )
+                f.attrs["feature"] = feature
+                f.attrs["params"] = json.dumps(params, sort_keys=True)
+                f.attrs["code_version"] = __version__
+                f.attrs["image_shard"] = image_shard or ""
+                f.attrs["image_shard_sha256"] = image_shard_sha256 or ""
+                for k, v in (extra_attrs or {}).items():
+                    f.attrs[k] = v
+    except OSError as e:
+        raise OSError(f"{path}: could not be written ({e}); is the disk full?") from None
+
+
+def _describe(feature: str, params: dict) -> str:
+    """What a store holds, for messages."""
+    if feature == RECONSTRUCTION:
+        return f"reconstructions of {params.get('representation')!r} by {params.get('method')!r}"
+    return f"feature {feature!r}"
+
+
+def check_finite(path, keys, values: np.ndarray, what: str, fix: str) -> None:
+    """Raise naming ``path``, the count and the first item when ``values`` ((N, ...)) hold NaN or Inf."""
+    if values.size == 0 or values.dtype.kind not in "fc":
+        return
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{path}: {int(bad.sum())} of {len(values)} items of {what} hold NaN or Inf "
+                         f"(the first: {keys[first]!r}); {fix}")
 
 
 class FeatureStore:
@@ -97,9 +139,15 @@ class FeatureStore:
         if "features" not in self._f or "keys" not in self._f:
             self._f.close()
             raise ValueError(f"{self.path}: not a feature store (no 'features'/'keys')")
-        self.keys = [k.decode() if isinstance(k, bytes) else k for k in self._f["keys"][:]]
-        self.attrs = dict(self._f.attrs)
-        self.params = json.loads(self.attrs.get("params", "{}"))
+        try:
+            self.keys = [k.decode() if isinstance(k, bytes) else k for k in self._f["keys"][:]]
+            self.attrs = dict(self._f.attrs)
+            self.params = json.loads(self.attrs.get("params", "{}"))
+        except (OSError, ValueError, KeyError) as e:
+            self._f.close()
+            raise ValueError(f"{self.path}: damaged store, its keys or attributes cannot be read ({e}); "
+                             f"{REWRITE}") from None
+        self._what = _describe(str(self.attrs.get("feature", "")), self.params)
 
     @property
     def shape(self):
@@ -113,7 +161,16 @@ class FeatureStore:
         return len(self.keys)
 
     def __getitem__(self, idx) -> np.ndarray:
-        return np.asarray(self._f["features"][idx], dtype=np.float32)
+        """Items ``idx`` as float32; a damaged chunk or a NaN/Inf value raises naming the store."""
+        try:
+            values = np.asarray(self._f["features"][idx], dtype=np.float32)
+        except OSError as e:
+            raise ValueError(f"{self.path}: damaged store, items {idx} cannot be read ({e}); {REWRITE}") from None
+        if values.size and not np.isfinite(values).all():
+            items = np.atleast_1d(np.arange(len(self.keys))[idx])
+            keys = [self.keys[i] for i in items]
+            check_finite(self.path, keys, values.reshape(len(items), -1), self._what, REWRITE)
+        return values
 
     def all(self) -> np.ndarray:
         return self[:]
@@ -143,6 +200,48 @@ def store_info(path) -> dict:
             "image_shard": str(s.attrs.get("image_shard", "")),
             "image_shard_sha256": str(s.attrs.get("image_shard_sha256", "")),
         }
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def verify_image_shard(store, attrs: dict, shard, shard_sha256: str | None = None) -> None:
+    """Raise unless the store ``store`` (its attributes ``attrs``) was computed from
+    the image shard ``shard`` (its SHA-256 ``shard_sha256``, computed when None).
+
+    Stores that record no SHA-256 (written by hand) are not checked.
+    """
+    recorded = str(attrs.get("image_shard_sha256", "") or "")
+    if not recorded:
+        return
+    actual = shard_sha256 or sha256_file(shard)
+    if recorded != actual:
+        source = str(attrs.get("image_shard", "") or "") or "another shard"
+        raise ValueError(
+            f"{store}: computed from the image shard {source} (SHA-256 {recorded[:16]}...), not from {shard} "
+            f"(SHA-256 {actual[:16]}...): the store and the images do not belong together; give the shard it was "
+            f"computed from, or {REWRITE} on this shard"
+        )
+
+
+def feature_mismatch(recorded: dict, expected: dict) -> str | None:
+    """Why the representation ``recorded`` (``{"name", "params"}``, e.g. a store's)
+    is not the one ``expected`` (e.g. a decoder's): a different name, or a
+    parameter both give with different values; None when they agree.
+
+    Parameters are compared where both give them: a store records all of a
+    representation's parameters, a configuration perhaps only some.
+    """
+    name, want = recorded.get("name") or "", expected.get("name") or ""
+    if name != want:
+        return f"holds {name!r}, not {want!r}"
+    rp, ep = recorded.get("params") or {}, expected.get("params") or {}
+    diff = sorted(k for k in set(rp) & set(ep) if rp[k] != ep[k])
+    if diff:
+        have = ", ".join(f"{k}={rp[k]!r}" for k in diff)
+        need = ", ".join(f"{k}={ep[k]!r}" for k in diff)
+        return f"holds {name!r} with {have}, not {need}"
+    return None
 
 
 # --------------------------------------------------------------------------- reconstruction stores

@@ -101,7 +101,7 @@ def _args(data, out, *extra, steps=6, lr=1e-3):
 
 
 def _state(path):
-    return torch.load(Path(path) / "decoder.pt", weights_only=False)["state_dict"]
+    return torch.load(Path(path) / "decoder.pt", weights_only=True)["state_dict"]
 
 
 def _rows(path):
@@ -187,7 +187,7 @@ def test_train_writes_weights_config_and_metrics(trained, data):
 
 
 def test_weights_of_another_architecture_are_reported_with_the_file(trained, tmp_path):
-    payload = torch.load(trained / "decoder.pt", weights_only=False)
+    payload = torch.load(trained / "decoder.pt", weights_only=True)
     name = next(k for k, v in payload["state_dict"].items() if v.ndim == 4)
     payload["state_dict"][name] = torch.zeros(2, 2, 2, 2)  # as an earlier decoder layout would have it
     torch.save(payload, tmp_path / "decoder.pt")
@@ -204,13 +204,13 @@ def test_resume_after_kill_gives_identical_weights(data, tmp_path, one_thread):
     r = subprocess.run(cmd + ["--kill-at-step", "7"], cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == -9, r.stderr  # SIGKILL: no cleanup, last checkpoint at step 4
     assert not (killed / "decoder.pt").exists()
-    assert torch.load(killed / "checkpoint.pt", weights_only=False)["step"] == 4
+    assert torch.load(killed / "checkpoint.pt", weights_only=True)["step"] == 4
     # resumed (in this process), then preempted by SIGTERM as Slurm does: checkpoint at once, exit 143
     args = _args(data, killed, "--features", *data["stores"], steps=9)
     with pytest.raises(SystemExit) as e:
         main(args + ["--kill-at-step", "6", "--kill-signal", "TERM"])
     assert e.value.code == 143
-    assert torch.load(killed / "checkpoint.pt", weights_only=False)["step"] == 6
+    assert torch.load(killed / "checkpoint.pt", weights_only=True)["step"] == 6
     assert not (killed / "decoder.pt").exists()
     assert main(args) == 0
     a, b = _state(straight), _state(killed)
@@ -232,7 +232,7 @@ def test_a_checkpoint_from_other_settings_or_rewritten_data_is_not_resumed(data,
     assert main(_args(data, fresh, "--features", *data["stores"], steps=5)) == 0
     out = tmp_path / "run"
     assert main(_args(data, out, "--features", *data["stores"], steps=5, lr=3e-3)) == 0
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 5
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 5
     with pytest.raises(ValueError, match=r"checkpoint\.pt was written by a different configuration \(lr differ"):
         main(_args(data, out, "--features", *data["stores"], steps=5))
     assert main(_args(data, out, "--features", *data["stores"], "--restart-if-changed", steps=5)) == 0
@@ -240,7 +240,7 @@ def test_a_checkpoint_from_other_settings_or_rewritten_data_is_not_resumed(data,
         assert torch.equal(v, _state(out)[k]), k
     # same settings, but the checkpoint holds another architecture (one written by
     # an earlier version of the decoder code): refused, not loaded into the wrong shapes
-    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
     ck["step"] = 3
     ck["config"]["parameter_shapes"] = {"head.weight": [3, 8, 4, 4]}
     torch.save(ck, out / "checkpoint.pt")

@@ -132,13 +132,18 @@ class PairedDictionary:
     @classmethod
     def load(cls, path) -> "PairedDictionary":
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with np.load(path, allow_pickle=False) as z:  # data only: a pickled object is refused
                 cfg = json.loads(str(z["config"]))
-                return cls(gray=z["gray"], hog=z["hog"], ny=cfg["ny"], nx=cfg["nx"], cell=cfg["cell"],
-                           lam=cfg["lam"], feature=cfg["feature"], feature_params=cfg["feature_params"],
-                           meta=cfg.get("meta", {}))
-        except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"{path}: not a HOGgles paired dictionary ({e})") from None
+                pd = cls(gray=z["gray"], hog=z["hog"], ny=cfg["ny"], nx=cfg["nx"], cell=cfg["cell"],
+                         lam=cfg["lam"], feature=cfg["feature"], feature_params=cfg["feature_params"],
+                         meta=cfg.get("meta", {}))
+        except (OSError, KeyError, ValueError, EOFError) as e:
+            raise ValueError(f"{path}: not a HOGgles paired dictionary ({e}); delete it and rerun "
+                             "`invert-hoggles train`") from None
+        if not (np.isfinite(pd.gray).all() and np.isfinite(pd.hog).all()):
+            raise ValueError(f"{path}: the HOGgles dictionary holds NaN or Inf; delete it and rerun "
+                             "`invert-hoggles train`")
+        return pd
 
 
 # --------------------------------------------------------------------------

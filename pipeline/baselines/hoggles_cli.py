@@ -32,7 +32,7 @@ from pipeline.baselines.hoggles import (
 from pipeline.features import get_feature
 from pipeline.io import sha256_file
 from pipeline.data.shards import load_shard_arrays
-from pipeline.options import parse_device, parse_json_params
+from pipeline.options import nonnegative_int, parse_device, parse_json_params, positive_float, positive_int
 from pipeline.store import write_reconstructions
 
 
@@ -43,22 +43,22 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     t.add_argument("--out", required=True, help="output dictionary (.npz)")
     t.add_argument("--feature", default="hog", help="representation (a cell grid; default hog)")
     t.add_argument("--params", default="{}", help="representation parameters, JSON object")
-    t.add_argument("--atoms", type=int, default=ATOMS, help="dictionary size (ihog: 1024)")
-    t.add_argument("--window", type=int, default=WINDOW, help="window side in cells (ihog: 5)")
-    t.add_argument("--lam", type=float, default=LAMBDA, help="LASSO weight (ihog: 0.02)")
-    t.add_argument("--windows", type=int, default=100_000, help="training windows sampled")
-    t.add_argument("--epochs", type=int, default=10, help="passes of mini-batch dictionary learning")
-    t.add_argument("--batch-size", type=int, default=BATCH, help="mini-batch (ihog: 400)")
-    t.add_argument("--max-images", type=int, default=None, help="use only the first N images of each shard")
+    t.add_argument("--atoms", type=positive_int, default=ATOMS, help="dictionary size (ihog: 1024)")
+    t.add_argument("--window", type=positive_int, default=WINDOW, help="window side in cells (ihog: 5)")
+    t.add_argument("--lam", type=positive_float, default=LAMBDA, help="LASSO weight (ihog: 0.02)")
+    t.add_argument("--windows", type=positive_int, default=100_000, help="training windows sampled")
+    t.add_argument("--epochs", type=positive_int, default=10, help="passes of mini-batch dictionary learning")
+    t.add_argument("--batch-size", type=positive_int, default=BATCH, help="mini-batch (ihog: 400)")
+    t.add_argument("--max-images", type=positive_int, default=None, help="use only the first N images of each shard")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=None, help="torch threads")
+    t.add_argument("--threads", type=nonnegative_int, default=None, help="torch threads")
     i = sub.add_parser("invert", help="invert the HOG of image shards")
     i.add_argument("--dict", required=True, help="paired dictionary (.npz) from 'train'")
     i.add_argument("--shard", nargs="+", required=True, help="image shard(s) whose images are inverted")
     i.add_argument("--out", nargs="+", required=True, help="output HDF5 store per shard")
-    i.add_argument("--max-images", type=int, default=None)
-    i.add_argument("--batch-size", type=int, default=8, help="images coded together")
-    i.add_argument("--pad", type=int, default=PAD_CELLS, help="zero cells padded around the HOG map (ihog: 5)")
+    i.add_argument("--max-images", type=positive_int, default=None)
+    i.add_argument("--batch-size", type=positive_int, default=8, help="images coded together")
+    i.add_argument("--pad", type=nonnegative_int, default=PAD_CELLS, help="zero cells padded around the HOG map (ihog: 5)")
     i.add_argument("--solver", choices=("sklearn", "fista"), default="sklearn")
     i.add_argument("--device", default="cpu", help="device of the fista solver and the representation")
 

@@ -70,7 +70,7 @@ from pipeline.baselines.terms import (
 from pipeline.features import get_feature, to_gray
 from pipeline.io import atomic_path, sha256_file
 from pipeline.data.shards import load_shard_arrays
-from pipeline.options import parse_device, parse_json_params
+from pipeline.options import nonnegative_float, parse_device, parse_json_params, positive_float, positive_int
 from pipeline.store import write_reconstructions
 
 
@@ -254,25 +254,25 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="{}", help="representation parameters, JSON object")
     p.add_argument("--representation", default=None,
                    help="label recorded in the store (default: feature name, plus _layer for a layer)")
-    p.add_argument("--iterations", type=int, default=None, help="total iterations (rescales the schedule)")
+    p.add_argument("--iterations", type=positive_int, default=None, help="total iterations (rescales the schedule)")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default=None,
                    help="learning-rate schedule (default: cnn for AlexNet, shallow otherwise)")
-    p.add_argument("--lr", type=float, default=None, help="base learning rate (default: the schedule's)")
+    p.add_argument("--lr", type=positive_float, default=None, help="base learning rate (default: the schedule's)")
     p.add_argument("--lambda-alpha", type=float, default=LAMBDA_ALPHA, help="alpha-norm weight at 227x227")
     p.add_argument("--lambda-tv", type=float, default=None,
                    help="TV^beta weight at 227x227 (default: Mahendran & Vedaldi 2015's)")
     p.add_argument("--alpha", type=float, default=ALPHA)
     p.add_argument("--beta", type=float, default=BETA)
-    p.add_argument("--restarts", type=int, default=1, help="random restarts per target (best kept)")
-    p.add_argument("--batch-size", type=int, default=16, help="targets optimised together")
+    p.add_argument("--restarts", type=positive_int, default=1, help="random restarts per target (best kept)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="targets optimised together")
     p.add_argument("--optimizer", choices=("momentum", "adam"), default="momentum")
-    p.add_argument("--clamp", type=float, default=CLAMP,
+    p.add_argument("--clamp", type=nonnegative_float, default=CLAMP,
                    help="keep pixels within CLAMP*128 grey levels of the mean during the descent "
                         "(safeguard against the alpha-norm's step instability; 0: off)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, ... or auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-images", type=int, default=None, help="invert only the first N images of each shard")
-    p.add_argument("--log-every", type=int, default=1, help="log every k-th iteration")
+    p.add_argument("--max-images", type=positive_int, default=None, help="invert only the first N images of each shard")
+    p.add_argument("--log-every", type=positive_int, default=1, help="log every k-th iteration")
     p.add_argument("--channels", choices=("auto", "1", "3"), default="auto",
                    help="reconstruct grey (1) or colour (3); auto: grey for representations of grey images")
 

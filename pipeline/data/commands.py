@@ -6,7 +6,12 @@ order) from the source named by ``dataset.source`` in the config
 (``sample``: :mod:`pipeline.data.sample`; ``imagefolder``:
 :mod:`pipeline.data.imagefolder`), ``make-shard`` turns one slice of the
 index into one WebDataset tar (:mod:`pipeline.data.shards`) plus a per-shard
-manifest, and ``manifest`` merges the per-shard manifests.
+manifest, and ``manifest`` merges the per-shard manifests.  What the listing
+skipped (unreadable directories, FIFOs, directories reached twice) and the
+val label file's problems are kept in the index and reported in the
+manifest of shard 0, so that the merged manifest holds every skip.  A shard
+whose slice is empty (more shards than images) is an empty tar, which every
+later stage passes through.
 """
 from __future__ import annotations
 
@@ -17,22 +22,28 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.data.imagefolder import SkipImage, imagefolder_index, load_image_file
+from pipeline.data.imagefolder import Listing, SkipImage, imagefolder_listing, load_image_file
 from pipeline.data.sample import render_sample_entry, sample_index
 from pipeline.data.shards import Sample, write_shard
 from pipeline.io import sha256_file, write_json
+from pipeline.options import nonnegative_int, positive_int
 
 SPLITS = ("train", "val")
 
 
 def build_index(dataset_cfg: dict, split: str, seed: int) -> list[dict]:
+    return build_listing(dataset_cfg, split, seed).entries
+
+
+def build_listing(dataset_cfg: dict, split: str, seed: int) -> Listing:
+    """The index entries of ``split``, what the listing skipped and the label file's problems."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     source = dataset_cfg["source"]
     if source == "sample":
-        return sample_index(split, dataset_cfg["sample"], seed)
+        return Listing(sample_index(split, dataset_cfg["sample"], seed))
     if source == "imagefolder":
-        return imagefolder_index(split, dataset_cfg["imagefolder"], seed)
+        return imagefolder_listing(split, dataset_cfg["imagefolder"], seed)
     raise ValueError(f"dataset.source must be 'sample' or 'imagefolder', got {source!r}")
 
 
@@ -55,6 +66,8 @@ def make_shard(index: dict, shard: int, n_shards: int, size: int, out_tar, out_m
     entries = index["entries"][shard_slice(len(index["entries"]), shard, n_shards)]
     dataset_cfg, seed = index["dataset"], index["seed"]
     skipped: list[dict] = []
+    if shard == 0:  # what the listing skipped (never opened)
+        skipped += [{"key": None, "path": x["path"], "reason": x["reason"]} for x in index.get("skipped", [])]
     converted: dict[str, str] = {}
     sources: dict[str, str] = {}
 
@@ -76,20 +89,20 @@ def make_shard(index: dict, shard: int, n_shards: int, size: int, out_tar, out_m
             yield Sample(e["key"], img, e.get("label"), {"source": source})
 
     count = write_shard(out_tar, samples(), fmt=fmt)
-    write_json(
-        out_manifest,
-        {
-            "shard": shard,
-            "n_shards": n_shards,
-            "image_size": size,
-            "count": count,
-            "keys": list(sources),
-            "sources": sources,
-            "skipped": skipped,
-            "converted": converted,
-            "sha256": sha256_file(out_tar),
-        },
-    )
+    manifest = {
+        "shard": shard,
+        "n_shards": n_shards,
+        "image_size": size,
+        "count": count,
+        "keys": list(sources),
+        "sources": sources,
+        "skipped": skipped,
+        "converted": converted,
+        "sha256": sha256_file(out_tar),
+    }
+    if shard == 0 and index.get("labels"):
+        manifest["labels"] = index["labels"]
+    write_json(out_manifest, manifest)
     return ShardResult(count, skipped, converted)
 
 
@@ -107,6 +120,9 @@ def merge_manifests(paths: list[str], out) -> dict:
         "skipped": [x for s in shards for x in s["skipped"]],
         "converted": {k: v for s in shards for k, v in s["converted"].items()},
     }
+    labels = next((s["labels"] for s in shards if s.get("labels")), None)
+    if labels:
+        merged["labels"] = labels
     write_json(out, merged)
     return merged
 
@@ -118,22 +134,42 @@ def configure_list_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="index JSON to write")
 
 
+def _label_report(labels: dict) -> list[str]:
+    lines = []
+    for what, items in (("labels of missing images", labels["missing"]), ("unlabelled images", labels["unlabelled"]),
+                        ("unknown labels", [f"line {u['line']}: {u['name']} {u['label']!r}" for u in labels["unknown"]])):
+        if items:
+            more = f" ... ({len(items)} in all)" if len(items) > 5 else ""
+            lines.append(f"  {labels['file']}: {len(items)} {what}: {', '.join(map(str, items[:5]))}{more}")
+    return lines
+
+
 def run_list(args) -> int:
     try:
         dataset = json.loads(args.dataset)
     except json.JSONDecodeError as e:
         raise ValueError(f"--dataset: not valid JSON ({e})")
-    entries = build_index(dataset, args.split, args.seed)
-    write_json(args.out, {"split": args.split, "seed": args.seed, "dataset": dataset, "entries": entries})
-    print(f"{args.split}: {len(entries)} entries -> {args.out}", file=sys.stderr)
+    listing = build_listing(dataset, args.split, args.seed)
+    index = {"split": args.split, "seed": args.seed, "dataset": dataset, "entries": listing.entries}
+    if listing.skipped:
+        index["skipped"] = listing.skipped
+    if listing.labels:
+        index["labels"] = listing.labels
+    write_json(args.out, index)
+    print(f"{args.split}: {len(listing.entries)} entries, {len(listing.skipped)} skipped -> {args.out}",
+          file=sys.stderr)
+    for x in listing.skipped:
+        print(f"  skipped {x['path']}: {x['reason']}", file=sys.stderr)
+    for line in _label_report(listing.labels) if listing.labels else []:
+        print(line, file=sys.stderr)
     return 0
 
 
 def configure_shard_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", required=True, help="index JSON written by list-images")
-    p.add_argument("--shard", type=int, required=True)
-    p.add_argument("--n-shards", type=int, required=True)
-    p.add_argument("--size", type=int, required=True, help="side of the square output images")
+    p.add_argument("--shard", type=nonnegative_int, required=True)
+    p.add_argument("--n-shards", type=positive_int, required=True)
+    p.add_argument("--size", type=positive_int, required=True, help="side of the square output images")
     p.add_argument("--format", default="png", choices=["png", "jpg"])
     p.add_argument("--out", required=True, help="tar shard to write")
     p.add_argument("--manifest", required=True, help="per-shard manifest JSON to write")

@@ -6,6 +6,10 @@ the class is known, ``<key>.cls`` (the integer label as text).  Members have a
 fixed mtime, owner and mode, and keep the order they were written in, so the
 same inputs always give byte-identical shards.  They can be read with
 ``webdataset.WebDataset`` or with :func:`read_shard` (plain ``tarfile``).
+
+Reading checks that a shard is whole: a tar cut short (no end-of-archive
+block after its last member) or a member that does not decode raises a
+:class:`ValueError` naming the shard and the member, never fewer images.
 """
 from __future__ import annotations
 
@@ -46,9 +50,22 @@ def encode_image(image: np.ndarray, fmt: str = "png", quality: int = 95) -> byte
     return buf.getvalue()
 
 
+#: What to do about a damaged shard.
+REMAKE = "delete it and rerun the make_shard job that wrote it"
+
+
 def decode_image(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im.convert("RGB"))
+
+
+def decode_member(data: bytes, shard, name: str) -> np.ndarray:
+    """:func:`decode_image` of the member ``name`` of ``shard``; raises naming both."""
+    try:
+        return decode_image(data)
+    except Exception as e:  # PIL's errors for undecodable data are of many kinds
+        raise ValueError(f"{shard}: member {name!r} cannot be decoded as an image ({type(e).__name__}: {e}); "
+                         f"the shard is damaged: {REMAKE}") from None
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -85,12 +102,30 @@ def _open_tar(path) -> tarfile.TarFile:
         raise ValueError(f"{path}: not a readable tar shard ({e})") from None
 
 
+def _members(tar: tarfile.TarFile, path) -> Iterator[tarfile.TarInfo]:
+    """The members of ``tar`` in order; raises naming ``path`` when the tar is cut short."""
+    last = None
+    try:
+        for m in tar:
+            last = m
+            yield m
+        f = tar.fileobj
+        f.seek(tar.offset)
+        end = f.read(tarfile.BLOCKSIZE)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: damaged tar shard after member {last.name if last else None!r} ({e}); "
+                         f"{REMAKE}") from None
+    if len(end) < tarfile.BLOCKSIZE or end.strip(b"\0"):
+        raise ValueError(f"{path}: truncated tar shard: it ends after member {last.name if last else None!r} "
+                         f"without the end-of-archive block (an interrupted copy?); {REMAKE}")
+
+
 def index_shard(path) -> tuple[list[str], list[tuple[int, int]]]:
     """Keys and (byte offset, size) of each image member of a shard, in order
     (for random access: read ``size`` bytes at ``offset`` and :func:`decode_image`)."""
     keys, spans = [], []
     with _open_tar(path) as tar:
-        for m in tar:
+        for m in _members(tar, path):
             key, _, ext = m.name.partition(".")
             if m.isfile() and ext in IMAGE_EXTS:
                 keys.append(key)
@@ -103,11 +138,14 @@ def read_shard(path) -> Iterator[Sample]:
     path = Path(path)
     current: dict | None = None
     with _open_tar(path) as tar:
-        for member in tar:
+        for member in _members(tar, path):
             if not member.isfile():
                 continue
             key, _, ext = member.name.partition(".")
-            data = tar.extractfile(member).read()
+            try:
+                data = tar.extractfile(member).read()
+            except (tarfile.TarError, OSError, EOFError) as e:
+                raise ValueError(f"{path}: member {member.name!r} cannot be read ({e}); {REMAKE}") from None
             if current is not None and current["key"] != key:
                 yield _sample(current, path)
                 current = None
@@ -122,9 +160,12 @@ def _sample(d: dict, path: Path) -> Sample:
     ext = next((e for e in IMAGE_EXTS if e in d), None)
     if ext is None:
         raise ValueError(f"{path}: key {d['key']!r} has no image member")
-    label = int(d["cls"]) if "cls" in d else None
-    meta = json.loads(d["json"]) if "json" in d else {}
-    return Sample(d["key"], decode_image(d[ext]), label, meta)
+    try:
+        label = int(d["cls"]) if "cls" in d else None
+        meta = json.loads(d["json"]) if "json" in d else {}
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: key {d['key']!r} has a damaged .cls or .json member ({e}); {REMAKE}") from None
+    return Sample(d["key"], decode_member(d[ext], path, f"{d['key']}.{ext}"), label, meta)
 
 
 def load_shard_arrays(path) -> tuple[list[str], np.ndarray, list]:

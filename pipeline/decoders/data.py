@@ -19,8 +19,8 @@ import os
 import numpy as np
 import torch
 
-from pipeline.data.shards import decode_image, index_shard
-from pipeline.store import FeatureStore
+from pipeline.data.shards import REMAKE, decode_member, index_shard
+from pipeline.store import FeatureStore, verify_image_shard
 
 IN_MEMORY_LIMIT = 8 << 30  # bytes (the train rule asks for 32 GB)
 
@@ -38,10 +38,13 @@ class PairedData(torch.utils.data.Dataset):
 
     ``data[i] -> (image uint8 (H, W, 3), features float32 (D, h, w) or None)``.
     ``in_memory``: True, False or "auto" (decode everything at once when the
-    images and features take under 8 GiB).
+    images and features take under 8 GiB).  Empty shards (and their empty
+    stores) are skipped; ``allow_empty``: no images at all is no error
+    (``image_size`` is then None).  A store that records the SHA-256 of its
+    image shard must have been computed from the shard it is paired with.
     """
 
-    def __init__(self, image_shards, feature_stores=None, in_memory="auto"):
+    def __init__(self, image_shards, feature_stores=None, in_memory="auto", allow_empty: bool = False):
         self.image_shards = [str(p) for p in image_shards]
         if not self.image_shards:
             raise ValueError("no image shards given")
@@ -58,34 +61,42 @@ class PairedData(torch.utils.data.Dataset):
         self.feature_params = None
         self.feature_shape = None
         store_dtype = None
+        first = None  # the store that set feature_name and feature_params
         for i, shard in enumerate(self.image_shards):
             keys, spans = index_shard(shard)
             if self.feature_stores is not None:
                 store = self.feature_stores[i]
                 with FeatureStore(store) as fs:
                     _check_aligned(shard, keys, store, fs.keys)
-                    shape = _feature_shape(fs.shape[1:])
+                    verify_image_shard(store, fs.attrs, shard)
+                    # an empty store (a shard without images) has no feature shape
+                    shape = _feature_shape(fs.shape[1:]) if len(keys) else self.feature_shape
                     name, params = str(fs.attrs.get("feature", "")), fs.params
-                    store_dtype = fs.dtype
+                    store_dtype = fs.dtype if len(keys) else store_dtype
+                if first is None:
+                    first, self.feature_name, self.feature_params = store, name, params
                 if self.feature_shape is None:
-                    self.feature_shape, self.feature_name, self.feature_params = shape, name, params
-                elif (shape, name, params) != (self.feature_shape, self.feature_name, self.feature_params):
+                    self.feature_shape = shape
+                if (shape, name, params) != (self.feature_shape, self.feature_name, self.feature_params):
                     raise ValueError(
                         f"feature store {store} holds {name!r} {params} of shape {shape}, but "
-                        f"{self.feature_stores[0]} holds {self.feature_name!r} {self.feature_params} "
+                        f"{first} holds {self.feature_name!r} {self.feature_params} "
                         f"of shape {self.feature_shape}: all stores must hold the same representation"
                     )
             self.keys += keys
             self._spans.append(spans)
             self.counts.append(len(keys))
-        if not self.keys:
+        if not self.keys and not allow_empty:
             raise ValueError(f"the image shards {self.image_shards} hold no images")
         self._starts = np.cumsum([0] + self.counts).tolist()
         self._files: dict = {}
         self._pid = None
-        first = self._read_image(0, 0)
-        self.image_size = tuple(first.shape[:2])
         self.images = self.features = None
+        if not self.keys:
+            self.image_size, self.in_memory = None, False
+            return
+        first = self._read_image(*self.locate(0))  # the first shard may be empty
+        self.image_size = tuple(first.shape[:2])
         if in_memory == "auto":
             itemsize = 2 if store_dtype == np.float16 else 4  # as _preload keeps them
             d = math.prod(self.feature_shape) * itemsize if self.feature_shape else 0
@@ -109,7 +120,12 @@ class PairedData(torch.utils.data.Dataset):
             f = files[("img", s)] = open(self.image_shards[s], "rb")
         off, size = self._spans[s][j]
         f.seek(off)
-        img = decode_image(f.read(size))
+        data = f.read(size)
+        key = self.keys[self._starts[s] + j]
+        if len(data) != size:
+            raise ValueError(f"{self.image_shards[s]}: member {key!r} is cut short ({len(data)} of {size} bytes): "
+                             f"the shard changed or is damaged; {REMAKE}")
+        img = decode_member(data, self.image_shards[s], key)
         if not img.flags.writeable:
             img = img.copy()
         if hasattr(self, "image_size") and tuple(img.shape[:2]) != self.image_size:

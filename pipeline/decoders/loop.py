@@ -8,7 +8,9 @@ from a checkpoint (:func:`save_checkpoint`: model, Adam, GradScaler, step,
 loss accumulators, RNG states) ends bit-identical on the CPU.  A metrics
 row (step, epoch, loss, lr, images_per_s, grad_norm) is appended every
 ``--log-every`` steps; SIGTERM (Slurm preemption) checkpoints at the next
-step boundary and exits with status 143.
+step boundary and exits with status 143.  A non-finite loss stops the run
+(:func:`_check_loss`, before any metrics row or checkpoint holds it) naming
+the first step that gave it.
 """
 from __future__ import annotations
 
@@ -119,14 +121,32 @@ def save_checkpoint(run: Run, final: bool = False) -> None:
 
 
 class _Meter:
-    """Loss sum and largest gradient norm since the last metrics row (on the device), images and time."""
+    """Loss sum and largest gradient norm since the last metrics row (on the device), images and time,
+    and the first step whose loss was not finite (-1: none; kept on the device, read at the checks)."""
 
     def __init__(self, acc: dict, device: torch.device):
         self.loss_sum = torch.zeros((), device=device)
         self.loss_sum += acc["loss"]
         self.gmax = torch.zeros((), device=device)
         self.gmax += acc["gmax"]
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
         self.t0, self.n_img = time.perf_counter(), 0
+
+    def note_loss(self, loss: torch.Tensor, step: int) -> None:
+        """Remember ``step`` when its ``loss`` is NaN or Inf and no earlier step's was (no device sync)."""
+        self.first_bad = torch.where(~torch.isfinite(loss) & (self.first_bad < 0), step, self.first_bad)
+
+
+def _check_loss(run: Run, meter: _Meter) -> None:
+    """Stop the run when a loss since the last check was NaN or Inf: before a metrics
+    row or a checkpoint records it (the last checkpoint stays the last good one)."""
+    bad = int(meter.first_bad)
+    if bad >= 0:
+        raise ValueError(
+            f"{run.out}: the training loss is not finite (NaN or Inf) at step {bad} of {run.total}; nothing "
+            "from that step on was saved. Check the features for extreme values, or lower --lr "
+            "(or --amp off on CUDA), then rerun (it resumes from the last checkpoint)"
+        )
 
 
 def _metrics_row(run: Run, meter: _Meter, lr: float) -> dict:
@@ -167,12 +187,17 @@ def train_one_epoch(run: Run, net: nn.Module, meter: _Meter, progress: _Progress
         meter.gmax = torch.maximum(meter.gmax, gnorm)
         run.acc["n"] += 1
         run.step += 1
+        meter.note_loss(loss, run.step)
         meter.n_img += imgs.shape[0] * run.world
         info = {}
-        if run.step % args.log_every == 0 or run.step == run.total:
+        row_due = run.step % args.log_every == 0 or run.step == run.total
+        checkpoint_due = run.step % args.checkpoint_every == 0 and run.step < run.total
+        if row_due or checkpoint_due:
+            _check_loss(run, meter)
+        if row_due:
             info = _metrics_row(run, meter, lr)
         progress.update(run.step, run.total, info)
-        if run.step % args.checkpoint_every == 0 and run.step < run.total:
+        if checkpoint_due:
             run.acc["loss"], run.acc["gmax"] = float(meter.loss_sum), float(meter.gmax)
             save_checkpoint(run)
         if args.kill_at_step is not None and run.step == args.kill_at_step:
@@ -188,6 +213,7 @@ def train_loop(run: Run, net: nn.Module, progress: _Progress, stop: dict) -> Non
     meter = _Meter(run.acc, run.device)
     while run.step < run.total and not stop["flag"]:
         train_one_epoch(run, net, meter, progress, stop)
+    _check_loss(run, meter)
     run.acc["loss"], run.acc["gmax"] = float(meter.loss_sum), float(meter.gmax)
     if stop["flag"] and run.step < run.total:
         save_checkpoint(run)

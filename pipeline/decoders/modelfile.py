@@ -8,6 +8,10 @@ networks from it.  ``checkpoint.pt`` carries the RNG states saved by
 :func:`_rng_states`, the data files' fingerprints and the configuration
 keys of :data:`_IDENTITY`, so that a run resumes only from its own
 checkpoint (:func:`checkpoint_mismatch`) and ends bit-identical.
+
+Both files hold only tensors and plain containers (versions as strings, RNG
+states as tensors and lists) and are read with ``weights_only=True``
+(:mod:`pipeline.torchfile`): a crafted file is refused, never run.
 """
 from __future__ import annotations
 
@@ -21,14 +25,16 @@ from torch import nn
 
 from pipeline.decoders.architectures import Decoder, decoder_from_args
 from pipeline.features import get_feature
-from pipeline.io import atomic_path
+from pipeline.torchfile import load_torch_file, save_torch_file
 
 DECODER_FORMAT = "pipeline-decoder/1"
+#: What to do about a decoder file that cannot be used.
+RETRAIN = "delete it and retrain, e.g. snakemake <target> -R train_decoder"
 
 
 def _save_torch(path, obj) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    save_torch_file(path, obj, fix="Free space and rerun the same command (training resumes from its "
+                                   "last checkpoint).")
 
 
 def save_decoder(path, decoder: Decoder, *, representation: str, feature: dict | None = None,
@@ -58,9 +64,12 @@ def load_model(path, device="cpu") -> tuple[Decoder, nn.Module | None, dict]:
     file = _decoder_file(path)
     if not file.exists():
         raise FileNotFoundError(f"{file}: no trained decoder (run `python -m pipeline train` first)")
-    payload = torch.load(file, map_location="cpu", weights_only=False)
+    payload = load_torch_file(file, what="decoder file", fix=RETRAIN)
     if not isinstance(payload, dict) or payload.get("format") != DECODER_FORMAT:
-        raise ValueError(f"{file}: not a decoder file written by pipeline.decoders")
+        raise ValueError(f"{file}: not a decoder file written by pipeline.decoders; {RETRAIN}")
+    missing = [k for k in ("build_args", "state_dict", "feature") if k not in payload]
+    if missing:
+        raise ValueError(f"{file}: a decoder file without {missing}; {RETRAIN}")
     decoder = decoder_from_args(payload["build_args"])
     try:
         decoder.load_state_dict(payload["state_dict"])
@@ -84,10 +93,12 @@ def load_decoder(path, device="cpu") -> Decoder:
 
 
 def _rng_states():
+    """The RNG states as tensors and plain containers (readable with ``weights_only=True``)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": np.random.get_state(),
+        "numpy": [str(kind), torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
         "python": random.getstate(),
     }
 
@@ -96,8 +107,10 @@ def _set_rng_states(s) -> None:
     torch.set_rng_state(s["torch"])
     if s.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
+    kind, key, pos, has_gauss, gauss = s["numpy"]
+    np.random.set_state((kind, np.asarray(key).astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+    version, internal, gauss_next = s["python"]
+    random.setstate((version, tuple(internal), gauss_next))
 
 
 # keys of config.json that must match to resume a run

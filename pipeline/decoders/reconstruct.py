@@ -7,6 +7,9 @@ writes, per shard, a reconstruction store
 the shard: the reconstructions ``(N, 3, H, W)`` as float16 pixel values in
 [0, 255] at the image size (bilinear up-sampling of the native output, as the
 paper's evaluation does), plus a PNG grid of (input | reconstruction) pairs.
+Feature stores must hold the representation the decoder inverts and come
+from the shard they are paired with; a shard without images gives an empty
+store.
 """
 from __future__ import annotations
 
@@ -23,8 +26,8 @@ from pipeline.decoders.modelfile import _decoder_file, load_model
 from pipeline.features import get_feature
 from pipeline.images import image_grid, side_by_side
 from pipeline.io import sha256_file
-from pipeline.options import parse_device, parse_json_params
-from pipeline.store import write_reconstructions
+from pipeline.options import nonnegative_int, parse_device, parse_json_params, positive_int
+from pipeline.store import feature_mismatch, write_reconstructions
 
 def reconstruct_batch(decoder: Decoder, features: torch.Tensor, size=None) -> torch.Tensor:
     """Images (B, 3, H, W) float in [0, 255] reconstructed from ``features``.
@@ -57,12 +60,12 @@ def configure_reconstruct_parser(p: argparse.ArgumentParser) -> None:
     o.add_argument("--out", nargs="+", metavar="STORE", help="one output store per image shard")
     o.add_argument("--out-dir", help="folder for the output stores ({shard name}.h5)")
     p.add_argument("--grid", help="PNG of (input | reconstruction) pairs")
-    p.add_argument("--grid-count", type=int, default=16, help="pairs in the grid")
-    p.add_argument("--grid-cols", type=int, default=4, help="pairs per grid row")
-    p.add_argument("--size", type=int, help="reconstruction size (default: each image's size)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--grid-count", type=positive_int, default=16, help="pairs in the grid")
+    p.add_argument("--grid-cols", type=positive_int, default=4, help="pairs per grid row")
+    p.add_argument("--size", type=positive_int, help="reconstruction size (default: each image's size)")
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=nonnegative_int, default=0)
 
 
 def run_reconstruct(args) -> int:
@@ -108,8 +111,14 @@ def reconstruct(args) -> list[str]:
     inverted = payload.get("feature") or {}  # the representation the decoder inverts
     grid_pairs = []
     for i, (shard, out) in enumerate(zip(shards, outs)):
-        data = PairedData([shard], [args.features[i]] if args.features else None, in_memory=False)
-        size = (args.size, args.size) if args.size else data.image_size
+        data = PairedData([shard], [args.features[i]] if args.features else None, in_memory=False,
+                          allow_empty=True)
+        if args.features and inverted:
+            why = feature_mismatch({"name": data.feature_name, "params": data.feature_params}, inverted)
+            if why:
+                raise ValueError(f"{args.features[i]}: the store {why}, the representation that the decoder "
+                                 f"{_decoder_file(args.model)} inverts; give stores of that representation")
+        size = (args.size, args.size) if args.size else data.image_size or tuple(decoder.out_size)
         if tuple(decoder.in_shape) != tuple(data.feature_shape or decoder.in_shape):
             raise ValueError(f"{args.features[i]}: features of shape {data.feature_shape}, but the decoder "
                              f"expects {tuple(decoder.in_shape)}")

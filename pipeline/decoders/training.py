@@ -75,10 +75,19 @@ from pipeline.decoders.loop import Run, _catch_sigterm, _finish, _Progress, trai
 from pipeline.decoders.modelfile import _set_rng_states, checkpoint_mismatch, file_fingerprints
 from pipeline.decoders.step import InversionModel, _amp_dtype
 from pipeline.features import get_feature
-from pipeline.io import write_json
-from pipeline.options import parse_device, parse_json_params
+from pipeline.io import remove_stale_temporaries, write_json
+from pipeline.options import (
+    nonnegative_float, nonnegative_int, parse_device, parse_json_params, positive_float, positive_int,
+)
+from pipeline.store import feature_mismatch
+from pipeline.torchfile import load_torch_file
 
 SCALE_SAMPLES = 512
+#: The files of a training run (``--out``).
+OUTPUTS = ("checkpoint.pt", "decoder.pt", "config.json", "metrics.csv")
+#: Keys of ``checkpoint.pt``.
+CHECKPOINT_KEYS = ("step", "config", "decoder", "encoder", "optimizer", "scaler", "rng", "metrics", "acc",
+                   "data_files")
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -88,38 +97,40 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", nargs="+", metavar="STORE",
                    help="feature stores (.h5) aligned with --images (same keys, same order)")
     p.add_argument("--on-the-fly", action="store_true", help="compute features during training (--feature)")
-    p.add_argument("--feature", help="registered feature name for --on-the-fly")
-    p.add_argument("--params", default="{}", help="feature parameters as JSON for --on-the-fly")
+    p.add_argument("--feature", help="registered feature name for --on-the-fly; with --features, the "
+                                      "representation the stores must hold")
+    p.add_argument("--params", default="{}", help="feature parameters as JSON for --on-the-fly; with --features "
+                                                  "and --feature, parameters the stores must have")
     p.add_argument("--finetune-encoder", action="store_true",
                    help="autoencoder mode: train the encoder's parameters too (needs --on-the-fly)")
     p.add_argument("--out", help="output folder (default results/models/{representation})")
     p.add_argument("--kind", default="auto", choices=("auto",) + KINDS, help="decoder architecture")
-    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier (1.0 = paper)")
-    p.add_argument("--image-size", type=int, help="image size to reconstruct (default: the shards' size)")
+    p.add_argument("--width", type=positive_float, default=1.0, help="channel width multiplier (1.0 = paper)")
+    p.add_argument("--image-size", type=positive_int, help="image size to reconstruct (default: the shards' size)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--epochs", type=float, default=15.0, help="passes over the data (default 15)")
-    g.add_argument("--steps", type=int, help="optimisation steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=64, help="global mini-batch (paper: 64)")
-    p.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--epochs", type=positive_float, default=15.0, help="passes over the data (default 15)")
+    g.add_argument("--steps", type=positive_int, help="optimisation steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="global mini-batch (paper: 64)")
+    p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--beta1", type=float, default=0.9)
     p.add_argument("--beta2", type=float, default=0.999)
     p.add_argument("--lr-milestones", type=float, nargs="*", default=[0.6, 0.8, 0.9],
                    help="fractions of training after which the rate is multiplied by --lr-gamma")
-    p.add_argument("--lr-gamma", type=float, default=0.5)
-    p.add_argument("--clip-grad", type=float, default=1.0,
+    p.add_argument("--lr-gamma", type=positive_float, default=0.5)
+    p.add_argument("--clip-grad", type=nonnegative_float, default=1.0,
                    help="clip the global gradient norm to this value (default 1.0; 0 disables, as in the paper)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shuffle-block", type=int, default=0,
+    p.add_argument("--shuffle-block", type=nonnegative_int, default=0,
                    help="0: global permutation per epoch; K: shuffle within groups of K shards")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
-    p.add_argument("--log-every", type=int, default=10, help="steps per metrics row")
+    p.add_argument("--checkpoint-every", type=positive_int, default=500, help="steps between checkpoints")
+    p.add_argument("--log-every", type=positive_int, default=10, help="steps per metrics row")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                    help="mixed precision on CUDA (auto: bf16 where supported, else fp16)")
     p.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels (slower)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decoder (CUDA)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (when not in memory)")
+    p.add_argument("--threads", type=nonnegative_int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--workers", type=nonnegative_int, default=0, help="DataLoader workers (when not in memory)")
     p.add_argument("--in-memory", default="auto", choices=("auto", "yes", "no"))
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--restart-if-changed", action="store_true",
@@ -231,6 +242,11 @@ def load_encoder(args, data: PairedData, device: torch.device):
     else:
         feature = {"name": data.feature_name, "params": data.feature_params}
         in_shape = data.feature_shape
+        if args.feature:  # the representation the stores must hold
+            why = feature_mismatch(feature, {"name": args.feature, "params": parse_json_params(args.params)})
+            if why:
+                raise ValueError(f"feature store {args.features[0]} {why} (expected: --feature {args.feature} "
+                                 f"--params {args.params})")
     return encoder, feature, in_shape
 
 
@@ -265,7 +281,7 @@ def make_config(args, *, kind, in_shape, out_size, decoder: Decoder, feature: di
         "channels_last": device.type == "cuda", "loss": "mean squared error, pixels as x / 127.5 - 1",
         "target": "shard image resized (bilinear, antialiased) to native_size",
         "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
-        "in_memory": data.in_memory, "torch": torch.__version__, "pipeline": __version__,
+        "in_memory": data.in_memory, "torch": str(torch.__version__), "pipeline": str(__version__),
         # the architecture as built: a checkpoint of another one is not resumed
         "parameter_shapes": {k: list(v.shape) for k, v in decoder.state_dict().items()},
     }
@@ -287,6 +303,9 @@ def setup(args) -> Run:
     rank, world, device = _dist_setup(args.device)
     out = Path(args.out or f"results/models/{args.representation}")
     check_args(args, world)
+    if rank == 0:  # what a killed run left half-written
+        for name in OUTPUTS:
+            remove_stale_temporaries(out / name)
     _set_kernels(args, device)
     data = load_data(args)
     encoder, feature, in_shape = load_encoder(args, data, device)
@@ -311,8 +330,15 @@ def resume(run: Run) -> None:
     args, ckpt_path = run.args, run.out / "checkpoint.pt"
     ck = None
     if ckpt_path.exists() and not args.restart:
-        ck = torch.load(ckpt_path, map_location=run.device, weights_only=False)
-        why = checkpoint_mismatch(ck, run.cfg, run.data_files)
+        ck, unreadable = _load_checkpoint(ckpt_path, run.device)
+        if unreadable and args.restart_if_changed:
+            if run.rank == 0:
+                print(f"{unreadable}: starting over", flush=True)
+            ck = None
+        elif unreadable:
+            raise ValueError(f"{unreadable}; rerun with --restart-if-changed (or --restart) to start over, "
+                             "or delete it")
+        why = checkpoint_mismatch(ck, run.cfg, run.data_files) if ck is not None else None
         if why and args.restart_if_changed:
             if run.rank == 0:
                 print(f"{ckpt_path} was written by {why}: starting over", flush=True)
@@ -332,6 +358,18 @@ def resume(run: Run) -> None:
     else:
         run.decoder.in_scale.fill_(1.0 / _feature_rms(run.model, run.data, run.device))
     run.cfg["in_scale"] = float(run.decoder.in_scale)
+
+
+def _load_checkpoint(path: Path, device) -> tuple[dict | None, str | None]:
+    """(the checkpoint, None), or (None, why it cannot be resumed from: damaged, crafted, not a checkpoint)."""
+    try:
+        ck = load_torch_file(path, what="checkpoint", map_location=device)
+    except ValueError as e:
+        return None, str(e)
+    missing = [k for k in CHECKPOINT_KEYS if k not in ck] if isinstance(ck, dict) else ["everything"]
+    if missing or not isinstance(ck.get("config"), dict):
+        return None, f"{path}: not a training checkpoint (no {missing or ['config']})"
+    return ck, None
 
 
 def wrap_model(run: Run) -> nn.Module:

@@ -28,6 +28,7 @@ from pipeline.evaluation.tables import (
 )
 from pipeline.evaluation.testset import TestSet, read_reconstructions
 from pipeline.io import atomic_path, write_caption_sidecar, write_text
+from pipeline.options import positive_int
 from pipeline.store import derive_store
 from pipeline.vocabulary import FEATURE_TRANSFORMS, FIGURE7_CURVES, MV_TABLE1_ROWS, TABLE2_ROWS
 from pipeline.decoders.modelfile import load_model
@@ -89,7 +90,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     fl.add_argument("--train-shards", nargs="+", metavar="SHARD", help="compute the mean training image")
     fl.add_argument("--floor-from-val", action="store_true",
                     help="floor from the mean of the test images themselves (in-sample; labelled)")
-    q.add_argument("--norm-max-images", type=int, help="estimate N from a random subset of this many images")
+    q.add_argument("--norm-max-images", type=positive_int, help="estimate N from a random subset of this many images")
     q.add_argument("--out", default="results/table2.csv", help="CSV path; the .md is written beside it")
     q.add_argument("--md", help="Markdown path (default: --out with .md)")
     q.add_argument("--per-image", help="optional CSV of per-image errors, PSNR and SSIM")
@@ -103,7 +104,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     q.add_argument("--feature", action="append", metavar="ROW=NAME", help="representation override for a row")
     q.add_argument("--params", action="append", metavar="ROW=JSON", help="representation parameters for a row")
     q.add_argument("--device", default="cpu")
-    q.add_argument("--batch-size", type=int, default=32)
+    q.add_argument("--batch-size", type=positive_int, default=32)
     q.add_argument("--out", default="results/mv_table1.csv")
     q.add_argument("--md", help="Markdown path (default: --out with .md)")
 
@@ -112,7 +113,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     q.add_argument("--point", action="append", metavar="CURVE:LAYER=STORE[,STORE...]",
                    help=f"reconstructions of one curve at one layer; curves e.g. {', '.join(FIGURE7_CURVES)}")
     q.add_argument("--label", action="append", metavar="CURVE=TEXT", help="legend label of a curve")
-    q.add_argument("--norm-max-images", type=int)
+    q.add_argument("--norm-max-images", type=positive_int)
     q.add_argument("--out", default="results/figure7.csv", help="CSV path; the .png is written beside it")
     q.add_argument("--png", help="PNG path (default: --out with .png)")
 
@@ -120,13 +121,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     common(q)
     q.add_argument("--column", action="append", required=True, metavar="LABEL=STORE[,STORE...]",
                    help="one column of reconstructions (repeatable, in order)")
-    q.add_argument("--count", type=int, default=6, help="number of images (rows)")
+    q.add_argument("--count", type=positive_int, default=6, help="number of images (rows)")
     q.add_argument("--keys", nargs="+", help="image keys to show (default: the first --count)")
     q.add_argument("--out", required=True, help="PNG path")
 
     q = sub.add_parser("mean-image", help="mean image of shards -> .npy (for the Table 2 floor)")
     q.add_argument("--shards", nargs="+", required=True)
-    q.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H W first")
+    q.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), help="resize images to H W first")
     q.add_argument("--out", required=True, help=".npy path")
 
     q = sub.add_parser("perturb", help="perturb feature stores (binarise, dropout, ...) for Figures 7 and 9")
@@ -137,7 +138,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
     q = sub.add_parser("fig8", help="Dosovitskiy & Brox 2016, Figure 8: fc8 all / top-5 only / without top-5")
     _figure_model_args(q)
-    q.add_argument("--k", type=int, default=5)
+    q.add_argument("--k", type=positive_int, default=5)
 
     q = sub.add_parser("fig9", help="Dosovitskiy & Brox 2016, Figure 9: reconstructions from perturbed features per layer")
     _figure_model_args(q, per_layer=True)
@@ -146,13 +147,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     q = sub.add_parser("fig10", help="Dosovitskiy & Brox 2016, Figure 10: interpolation between two images' features")
     _figure_model_args(q, per_layer=True)
     q.add_argument("--pair", nargs=2, metavar=("KEY_A", "KEY_B"), help="the two image keys (default: first two)")
-    q.add_argument("--steps", type=int, default=8)
+    q.add_argument("--steps", type=positive_int, default=8)
 
     q = sub.add_parser("fig11", help="Dosovitskiy & Brox 2016, Figure 11: images from random feature vectors")
     _figure_model_args(q, per_layer=True)
     q.add_argument("--sampler", choices=("histogram", "gaussian"), default="histogram")
     q.add_argument("--contrast", type=float, help="alpha (default 2 for histogram, 1 for gaussian)")
-    q.add_argument("--reference", type=int, default=4096, help="reference images for fitting (paper: 4096)")
+    q.add_argument("--reference", type=positive_int, default=4096, help="reference images for fitting (paper: 4096)")
 
 
 def _figure_model_args(q, per_layer: bool = False) -> None:
@@ -162,7 +163,7 @@ def _figure_model_args(q, per_layer: bool = False) -> None:
                        help="trained decoder (decoder.pt or its folder) for a layer, in row order")
     else:
         q.add_argument("--model", required=True, help="trained fc8 decoder (decoder.pt or its folder)")
-    q.add_argument("--count", type=int, default=3, help="images / samples per row")
+    q.add_argument("--count", type=positive_int, default=3, help="images / samples per row")
     q.add_argument("--keys", nargs="+", help="image keys (default: the first ones)")
     q.add_argument("--dataset", default="")
     q.add_argument("--weights", help="AlexNet weights for the caption (default: from the model)")
@@ -197,7 +198,7 @@ def run_table2(args) -> int:
     rows = _parse_rows(args.row, "--row", TABLE2_ROWS)
     mean_image, label = None, "train"
     if args.mean_image:
-        mean_image = np.load(args.mean_image)
+        mean_image = _load_mean_image(args.mean_image)
     elif args.train_shards:
         mean_image, _ = compute_mean_image(args.train_shards, test.size)
     elif args.floor_from_val:
@@ -217,6 +218,19 @@ def run_table2(args) -> int:
         print(f"{r['name']}: error {r['error_mean']:.3f} ± {r['error_std']:.3f} (n={r['n_images']})"
               + (f", paper {r['paper_error']}" if r["paper_error"] is not None else ""))
     return 0
+
+
+def _load_mean_image(path) -> np.ndarray:
+    """The (H, W, 3) mean image of ``evaluate mean-image`` (``allow_pickle=False``: data only)."""
+    try:
+        m = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"--mean-image {path}: not a mean image written by `evaluate mean-image` ({e}); "
+                         "delete it and rerun the mean_image job") from None
+    if m.ndim != 3 or m.shape[2] != 3 or not np.isfinite(m).all():
+        raise ValueError(f"--mean-image {path}: expected a finite (H, W, 3) array, got {m.dtype} {m.shape}; "
+                         "delete it and rerun the mean_image job")
+    return m
 
 
 def run_mv_table1(args) -> int:

@@ -106,7 +106,10 @@ def without_top_k(x: torch.Tensor, k: int = 5) -> torch.Tensor:
 
 
 def perturb(x: torch.Tensor, kind: str, seed: int | None = 0) -> torch.Tensor:
-    """Apply one named transform (:data:`pipeline.vocabulary.FEATURE_TRANSFORMS`) to a batch of feature vectors."""
+    """Apply one named transform (:data:`pipeline.vocabulary.FEATURE_TRANSFORMS`) to a batch of feature vectors
+    (an empty batch, the store of a shard without images, is returned as it is)."""
+    if kind in FEATURE_TRANSFORMS and len(x) == 0:
+        return _as_tensor(x)
     if kind == "none":
         return _as_tensor(x)
     if kind == "binarize":

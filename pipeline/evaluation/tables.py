@@ -213,6 +213,7 @@ def mv_table1(test: TestSet, rows: dict[str, list[str]], *, dataset: str, featur
             ref = [None] * len(test.keys)
             for p in features[rid]:
                 with FeatureStore(p) as st:
+                    test.verify(p, st.attrs)
                     arr = st.all()
                     for j, k in enumerate(st.keys):
                         if k in test.index:

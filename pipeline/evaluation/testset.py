@@ -1,6 +1,8 @@
 """The test set of the evaluation: the validation images and the
 reconstructions of them in reconstruction stores
-(:class:`pipeline.store.ReconstructionStore`), matched by image key.
+(:class:`pipeline.store.ReconstructionStore`), matched by image key.  A
+store that records the SHA-256 of its image shard must come from one of the
+test set's shards (:meth:`TestSet.verify`).
 """
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.data.shards import load_shard_arrays
-from pipeline.store import ReconstructionMeta, ReconstructionStore
+from pipeline.io import sha256_file
+from pipeline.store import REWRITE, ReconstructionMeta, ReconstructionStore
 
 # --------------------------------------------------------------------------- inputs
 
@@ -23,11 +26,13 @@ class TestSet:
     images: np.ndarray
     index: dict[str, int] = field(default_factory=dict)
     skipped: set = field(default_factory=set)  # keys left out by max_images (ignored in stores)
+    shards: dict = field(default_factory=dict)  # SHA-256 -> path of the shards (empty: not checked)
 
     @classmethod
     def load(cls, shards: Sequence, max_images: int | None = None) -> "TestSet":
-        keys, arrays = [], []
+        keys, arrays, sums = [], [], {}
         for s in shards:
+            sums[sha256_file(s)] = str(s)
             k, im, _ = load_shard_arrays(s)
             if len(k):
                 keys += k
@@ -46,11 +51,23 @@ class TestSet:
                 raise ValueError(f"max_images must be >= 1, got {max_images}")
             skipped = set(keys[max_images:])
             keys, images = keys[:max_images], images[:max_images]
-        return cls(keys, images, {k: i for i, k in enumerate(keys)}, skipped)
+        return cls(keys, images, {k: i for i, k in enumerate(keys)}, skipped, sums)
 
     @property
     def size(self) -> tuple[int, int]:
         return tuple(self.images.shape[1:3])
+
+    def verify(self, store, attrs: dict) -> None:
+        """Raise unless the store ``store`` (its attributes ``attrs``) was made from one
+        of the test set's shards (stores that record no SHA-256 pass)."""
+        recorded = str(attrs.get("image_shard_sha256", "") or "")
+        if recorded and self.shards and recorded not in self.shards:
+            source = str(attrs.get("image_shard", "") or "") or "another shard"
+            raise ValueError(
+                f"{store}: made from the image shard {source} (SHA-256 {recorded[:16]}...), which is none of the "
+                f"--images shards {sorted(self.shards.values())}: the store and the test images do not belong "
+                f"together; give the shards it was made from, or {REWRITE} on these shards"
+            )
 
 
 def read_reconstructions(test: TestSet, stores: Sequence) -> tuple[np.ndarray, np.ndarray, list[ReconstructionMeta]]:
@@ -64,6 +81,7 @@ def read_reconstructions(test: TestSet, stores: Sequence) -> tuple[np.ndarray, n
     idx, recs, meta, seen = [], [], [], set()
     for path in stores:
         with ReconstructionStore(path) as st:
+            test.verify(path, st.attrs)
             feats = st.all()
             if feats.ndim != 4 or feats.shape[1] not in (1, 3):
                 raise ValueError(f"{path}: expected reconstructions (N, 3, H, W), got shape {feats.shape}")

@@ -14,10 +14,19 @@ computed on grey images (the optimisation baselines then reconstruct one
 channel) and which decoder family of Dosovitskiy & Brox 2016 inverts it.
 The rest of the pipeline reads them with :func:`traits`, never from a
 representation's label.
+
+:func:`check_params` checks a representation's parameters against its
+factory's signature (naming an unknown or missing one) without building it,
+and :func:`verify_weights` loads the weights file a representation names
+(``weights_only=True``) and compares it with the architecture: both are
+cheap enough for the workflow to run on every configured representation
+when it starts.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
+import typing
 from dataclasses import dataclass
 from typing import Callable
 
@@ -42,13 +51,20 @@ class Traits:
 
 _REGISTRY: dict[str, Callable[..., torch.nn.Module]] = {}
 _TRAITS: dict[str, Traits] = {}
+#: name -> function(**params) that loads and checks the weights file the parameters name
+_WEIGHT_CHECKS: dict[str, Callable[..., None]] = {}
 # Modules that register the built-in representations when imported.
 _BUILTIN_MODULES = ("hog", "lbp", "sift", "alexnet", "torchmodel")
 _loaded = False
 
 
-def register(name: str, *, grey: bool = False, decoder: str | Callable[[dict], str] = "by-shape"):
-    """Decorator: register a factory (class or function) under ``name`` with its traits."""
+def register(name: str, *, grey: bool = False, decoder: str | Callable[[dict], str] = "by-shape",
+             weights_check: Callable[..., None] | None = None):
+    """Decorator: register a factory (class or function) under ``name`` with its traits.
+
+    ``weights_check(**params)``: loads and checks the weights file that the
+    parameters name, for :func:`verify_weights` (representations with weights).
+    """
     if not callable(decoder) and decoder not in DECODER_FAMILIES:
         raise ValueError(f"feature {name!r}: decoder {decoder!r} is not one of {DECODER_FAMILIES}")
 
@@ -57,6 +73,8 @@ def register(name: str, *, grey: bool = False, decoder: str | Callable[[dict], s
             raise ValueError(f"feature {name!r} registered twice")
         _REGISTRY[name] = factory
         _TRAITS[name] = Traits(grey=grey, decoder=decoder)
+        if weights_check is not None:
+            _WEIGHT_CHECKS[name] = weights_check
         return factory
 
     return deco
@@ -85,16 +103,75 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_feature(name: str, **params) -> torch.nn.Module:
-    """Build the representation ``name`` with ``params``."""
+def _factory(name: str):
     _load_builtins()
     try:
-        factory = _REGISTRY[name]
+        return _REGISTRY[name]
     except KeyError:
         raise KeyError(
             f"unknown feature {name!r}; available: {', '.join(sorted(_REGISTRY))}"
         ) from None
+
+
+def get_feature(name: str, **params) -> torch.nn.Module:
+    """Build the representation ``name`` with ``params`` (checked by :func:`check_params` first)."""
+    factory = _factory(name)
+    check_params(name, params)
     return factory(**params)
+
+
+def _signature_params(fn) -> tuple[set[str], set[str], bool]:
+    """(accepted names, required names, open): the keyword parameters of ``fn``
+    (a class: its ``__init__``); ``open`` when ``**kwargs`` go somewhere this
+    cannot follow.  ``**kwargs`` forwarded to the class the function is
+    annotated to return are followed into that class."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return set(), set(), True
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = {n for n, q in sig.parameters.items() if q.kind in kinds}
+    required = {n for n, q in sig.parameters.items() if q.kind in kinds and q.default is inspect.Parameter.empty}
+    if not any(q.kind is inspect.Parameter.VAR_KEYWORD for q in sig.parameters.values()):
+        return accepted, required, False
+    try:
+        target = typing.get_type_hints(fn).get("return") if not inspect.isclass(fn) else None
+    except Exception:  # annotations that do not resolve
+        target = None
+    if not inspect.isclass(target):
+        return accepted, required, True
+    more, _, open_ = _signature_params(target)
+    return accepted | more, required, open_
+
+
+def check_params(name: str, params: dict) -> None:
+    """Raise :class:`ValueError` naming the parameter when ``params`` does not fit the
+    signature of the representation ``name`` (an unknown name, a missing required
+    one); :class:`KeyError` for an unknown representation.  Builds nothing."""
+    factory = _factory(name)
+    if not isinstance(params, dict):
+        raise ValueError(f"feature {name!r}: parameters must be a mapping, got {params!r}")
+    accepted, required, open_ = _signature_params(factory)
+    unknown = [] if open_ else sorted(set(params) - accepted)
+    if unknown:
+        raise ValueError(f"feature {name!r}: unknown parameter{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(map(repr, unknown))}; its parameters are {', '.join(sorted(accepted)) or 'none'}")
+    missing = sorted(required - set(params))
+    if missing:
+        raise ValueError(f"feature {name!r}: missing parameter{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(map(repr, missing))}")
+
+
+def verify_weights(name: str, params: dict) -> None:
+    """Load the weights file that the parameters ``params`` of the representation
+    ``name`` name (``weights_only=True``) and check it against the architecture:
+    :class:`ValueError` or :class:`FileNotFoundError` naming the file when it is
+    missing, is not a file of tensors, or does not fit.  Representations without
+    weights pass."""
+    _factory(name)
+    check = _WEIGHT_CHECKS.get(name)
+    if check is not None:
+        check(**params)
 
 
 def to_gray(x: torch.Tensor) -> torch.Tensor:

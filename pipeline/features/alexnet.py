@@ -85,8 +85,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.torchfile import load_torch_file
+
 from . import register
-from .alexnet_weights import check_arch, check_weights
+from .alexnet_weights import check_arch, check_weights, how_to_get_weights
 
 PAPER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
@@ -303,13 +305,23 @@ def random_init_(net: nn.Module, seed: int) -> nn.Module:
     return net
 
 
-def load_weights_(net: nn.Module, path: str, arch: str) -> nn.Module:
-    """Strictly load the state dict saved at ``path`` into ``net``."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
+def _read_state(path: str, arch: str) -> dict:
+    """The state dict saved at ``path`` (``weights_only=True``), all of its values finite tensors."""
+    state = load_torch_file(path, what=f"AlexNet weights file (arch={arch!r})", fix=how_to_get_weights(arch))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"alexnet: {path!r} does not hold a state dict (got {type(state).__name__})")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"alexnet: weights {path!r} hold NaN or Inf in {bad[:3]}; {how_to_get_weights(arch)}")
+    return state
+
+
+def load_weights_(net: nn.Module, path: str, arch: str, assign: bool = False) -> nn.Module:
+    """Strictly load the state dict saved at ``path`` into ``net`` (``assign``: as
+    ``Module.load_state_dict``, for a network on the meta device)."""
+    state = _read_state(path, arch)
     try:
-        net.load_state_dict(state, strict=True)
+        net.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as e:
         expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
         hint = ""
@@ -323,6 +335,20 @@ def load_weights_(net: nn.Module, path: str, arch: str) -> nn.Module:
     return net
 
 
+def verify_weights_file(layer: str = "conv5", arch: str = "caffenet", weights="random", seed: int = 0) -> None:
+    """Check the weights file of an ``alexnet`` representation without building it:
+    loaded with ``weights_only=True`` into ``arch``'s network on the meta device
+    (names and shapes compared, values finite).  ``weights="torchvision"`` is
+    checked in torchvision's cache and not downloaded."""
+    check_arch(arch)
+    path = check_weights(arch, weights, download=False)
+    if path == "random":
+        return
+    with torch.device("meta"):
+        net = _NETS[arch]()
+    load_weights_(net, path, arch, assign=True)
+
+
 # --------------------------------------------------------------------------- feature
 
 
@@ -333,7 +359,7 @@ def decoder_family(params: dict) -> str:
     return "fc" if any(layer.startswith(p) for p in ("fc", "relu6", "relu7", "drop")) else "conv"
 
 
-@register("alexnet", decoder=decoder_family)
+@register("alexnet", decoder=decoder_family, weights_check=verify_weights_file)
 class AlexNetFeature(nn.Module):
     """One layer of AlexNet as a representation of [0, 255] RGB images.
 

@@ -13,7 +13,7 @@ import torch
 from pipeline.features import get_feature
 from pipeline.io import sha256_file
 from pipeline.data.shards import load_shard_arrays
-from pipeline.options import parse_device, parse_json_params
+from pipeline.options import parse_device, parse_json_params, positive_int
 from pipeline.store import store_info, write_store
 
 
@@ -38,9 +38,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="feature store (HDF5) to write")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     p.add_argument("--compression", default="gzip", choices=["gzip", "lzf", "none"])
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
 
 
 def run(args) -> int:

@@ -63,6 +63,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.torchfile import load_torch_file
+
 from . import register, to_gray
 
 #: Input normalisation presets: network input = (P(x) / scale - mean) / std.
@@ -165,8 +167,9 @@ def build_model(model: str, model_kwargs: dict | None = None) -> nn.Module:
 
 
 def load_state_dict_file(path: str) -> dict:
-    """A state dict from a ``torch.save`` file (unwraps ``state_dict``/``model``, strips ``module.``)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """A state dict from a ``torch.save`` file (unwraps ``state_dict``/``model``, strips ``module.``),
+    read with ``weights_only=True``: a file holding anything but tensors and plain containers is refused."""
+    state = load_torch_file(path, what="weights file", fix="give a state dict saved with torch.save")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -221,7 +224,28 @@ def capture(net: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     return box["y"]
 
 
-@register("torch")
+def _load_weights(net: nn.Module, model: str, weights, assign: bool = False) -> None:
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"torch: weights file {path!r} (model {model!r}) does not exist")
+    try:
+        net.load_state_dict(load_state_dict_file(path), strict=True, assign=assign)
+    except RuntimeError as e:
+        raise ValueError(f"torch: weights {path!r} do not match model {model!r}: {e}") from None
+
+
+def verify_weights_file(model: str, layer: str = "", weights: str | None = None, input="imagenet",
+                        model_kwargs: dict | None = None, seed: int = 0) -> None:
+    """Check the weights file of a ``torch`` representation without building it: loaded
+    with ``weights_only=True`` into the model built on the meta device (names and shapes)."""
+    if weights in (None, "random"):
+        return
+    with torch.device("meta"):
+        net = build_model(model, model_kwargs)
+    _load_weights(net, model, weights, assign=True)
+
+
+@register("torch", weights_check=verify_weights_file)
 class TorchModelFeature(nn.Module):
     """The output of one module of a PyTorch network as a representation of [0, 255] images."""
 
@@ -245,13 +269,7 @@ class TorchModelFeature(nn.Module):
             torch.manual_seed(seed)
             net = build_model(model, model_kwargs)
         if self.trained:
-            path = os.fspath(weights)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"torch: weights file {path!r} (model {model!r}) does not exist")
-            try:
-                net.load_state_dict(load_state_dict_file(path), strict=True)
-            except RuntimeError as e:
-                raise ValueError(f"torch: weights {path!r} do not match model {model!r}: {e}") from None
+            _load_weights(net, model, weights)
         if layer:
             names = dict(net.named_modules())
             if layer not in names:

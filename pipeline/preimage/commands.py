@@ -8,7 +8,10 @@ of the pre-images (:func:`pipeline.store.write_reconstructions`: float16
 pixels in [0, 255], ``(N, 3, H, W)``, method ``preimage-<mode>``, keys
 ``<layer>/<image key or unit>``) and a PNG grid
 (:func:`pipeline.images.image_grid`).  ``--mode mask`` writes masked copies
-of feature stores (:func:`pipeline.preimage.masks.mask_store`).
+of feature stores (:func:`pipeline.preimage.masks.mask_store`).  A shard
+without images gives an empty store and a blank grid (invert, caricature),
+or activation scales from noise (maximise); NaN or Inf pre-images stop the
+command.
 """
 from __future__ import annotations
 
@@ -25,11 +28,11 @@ from pipeline.data.shards import load_shard_arrays
 from pipeline.features import get_feature
 from pipeline.images import image_grid
 from pipeline.io import sha256_file
-from pipeline.options import parse_device, parse_json_params
+from pipeline.options import nonnegative_float, nonnegative_int, parse_device, parse_json_params, positive_float, positive_int
 from pipeline.preimage.masks import feature_mask, mask_store
 from pipeline.preimage.objectives import activation_scale
 from pipeline.preimage.optimise import MODES, RANGES, preimage
-from pipeline.store import FeatureStore, write_reconstructions
+from pipeline.store import FeatureStore, check_finite, write_reconstructions
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -40,11 +43,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", nargs="+", default=None,
                    help="run for each of these layers (sets params['layer']); default: params as given")
     p.add_argument("--shard", help="image shard: targets (invert, caricature) or the activation scale (maximise)")
-    p.add_argument("--max-images", type=int, default=None, help="use only the first N images of the shard")
+    p.add_argument("--max-images", type=positive_int, default=None, help="use only the first N images of the shard")
     p.add_argument("--units", nargs="+", type=int, default=None, help="maximise: channels of the layer")
     p.add_argument("--position", default="mean", help="maximise: 'mean' (channel), 'center' or 'i,j' (one unit)")
-    p.add_argument("--size", type=int, default=None, help="maximise: image size (default: the shard's, else 227)")
-    p.add_argument("--window", type=int, default=None, help="mask: keep a central KxK window of the layer")
+    p.add_argument("--size", type=positive_int, default=None, help="maximise: image size (default: the shard's, else 227)")
+    p.add_argument("--window", type=positive_int, default=None, help="mask: keep a central KxK window of the layer")
     p.add_argument("--window-center", default=None, help="mask: window centre 'i,j' (default: the map centre)")
     p.add_argument("--mask-channels", default=None, help="mask: channels 'a:b', 'g/G' (filter group) or 'i,j,k'")
     p.add_argument("--out", help="HDF5 store of the pre-images (float16 pixels, (N, 3, H, W))")
@@ -59,17 +62,17 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=ALPHA)
     p.add_argument("--beta", type=float, default=BETA)
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default=None)
-    p.add_argument("--iterations", type=int, default=None, help="total iterations (rescales the schedule)")
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--iterations", type=positive_int, default=None, help="total iterations (rescales the schedule)")
+    p.add_argument("--lr", type=positive_float, default=None)
     p.add_argument("--optimizer", choices=("momentum", "adam"), default=None)
-    p.add_argument("--clamp", type=float, default=None, help="range bound in units of 128 grey levels (0: off)")
-    p.add_argument("--jitter", type=int, default=None, help="max translation in pixels per iteration")
+    p.add_argument("--clamp", type=nonnegative_float, default=None, help="range bound in units of 128 grey levels (0: off)")
+    p.add_argument("--jitter", type=nonnegative_int, default=None, help="max translation in pixels per iteration")
     p.add_argument("--init", choices=("noise", "image"), default=None)
-    p.add_argument("--restarts", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=16, help="targets optimised together")
+    p.add_argument("--restarts", type=positive_int, default=1)
+    p.add_argument("--batch-size", type=positive_int, default=16, help="targets optimised together")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=nonnegative_int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--stores", nargs="+", default=None, help="mask mode: input feature stores")
     p.add_argument("--out-stores", nargs="+", default=None, help="mask mode: output stores, one per input")
 
@@ -105,6 +108,25 @@ def _run_mask(args) -> int:
     return 0
 
 
+def _run_empty(args, params: dict) -> int:
+    """``--mode invert|caricature`` on a shard without images: an empty store, a blank grid."""
+    layers = args.layers or [params.get("layer")]
+    one = layers[0] if len(layers) == 1 else None
+    if args.out:
+        write_reconstructions(
+            args.out, [], np.zeros((0, 3, 0, 0), np.float32), method=f"preimage-{args.mode}",
+            representation=args.feature if one is None else f"{args.feature}_{one}",
+            feature=args.feature, feature_params=params if one is None else dict(params, layer=one),
+            image_shard=args.shard, image_shard_sha256=sha256_file(args.shard),
+            details={"mode": args.mode, "layers": layers, "runs": []},
+        )
+    if args.grid:
+        caption = args.caption or f"Natural pre-images ({args.mode}), {args.feature}"
+        image_grid(args.grid, [[None]], caption=f"{caption} (the shard {args.shard} holds no images)")
+    print(f"{args.shard}: no images; wrote an empty result", file=sys.stderr)
+    return 0
+
+
 def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,8 +143,10 @@ def run(args) -> int:
         keys_img, arr, _ = load_shard_arrays(args.shard)
         if args.max_images is not None:
             keys_img, arr = keys_img[: args.max_images], arr[: args.max_images]
-        images = torch.from_numpy(arr.transpose(0, 3, 1, 2).astype(np.float32))
+        images = torch.from_numpy(arr.transpose(0, 3, 1, 2).astype(np.float32)) if len(keys_img) else None
     if args.mode in ("invert", "caricature") and images is None:
+        if args.shard:
+            return _run_empty(args, params)
         raise SystemExit(f"--mode {args.mode} needs --shard (the target images)")
     if args.mode == "maximise" and not args.units:
         raise SystemExit("--mode maximise needs --units (channels of the layer)")
@@ -176,6 +200,8 @@ def run(args) -> int:
         if args.mode != "maximise":
             grid_rows.append(list(res_all))
     out_imgs = torch.cat(all_imgs).numpy()
+    if not args.out:  # write_reconstructions checks what it writes
+        check_finite(args.grid, all_keys, out_imgs, f"pre-images ({args.mode})", "nothing was written")
     if args.out:
         one = layers[0] if len(layers) == 1 else None  # the representation, when one layer was inverted
         write_reconstructions(
