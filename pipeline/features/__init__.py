@@ -43,7 +43,7 @@ class Traits:
 _REGISTRY: dict[str, Callable[..., torch.nn.Module]] = {}
 _TRAITS: dict[str, Traits] = {}
 # Modules that register the built-in representations when imported.
-_BUILTIN_MODULES = ("hog", "lbp", "sift", "alexnet", "torchmodel")
+_BUILTIN_MODULES = ("hog", "lbp", "sift", "alexnet", "torchmodel", "efficientnet_lite0")
 _loaded = False
 
 
