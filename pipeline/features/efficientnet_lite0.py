@@ -135,10 +135,12 @@ class SameConv2d(nn.Conv2d):
     """A convolution padded like TensorFlow's ``SAME`` for the size of each input."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = []
+        pads = []  # F.pad order: (left, right, top, bottom)
         for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
             total = max((_same_size(size, s) - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]
+        if pads[0] == pads[1] and pads[2] == pads[3]:  # symmetric: the convolution pads (no copy)
+            return F.conv2d(x, self.weight, self.bias, self.stride, (pads[2], pads[0]), 1, self.groups)
         return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, 1, self.groups)
 
 
