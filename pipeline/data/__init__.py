@@ -12,6 +12,9 @@ Two sources (``dataset.source`` in the config):
     with a label file) or any folder tree of images
     (:mod:`pipeline.data.imagefolder`).
 
+Shipped with the package as well: 1000 labelled real photographs (CC BY 2.0,
+160 px JPEG) with a fixed split by photograph (:mod:`pipeline.data.photoset`).
+
 The work is split in three commands, each one Snakemake job
 (:mod:`pipeline.data.commands`): ``list-images`` writes a split's index
 (JSON: one entry per image, in shard order), ``make-shard`` turns one slice
