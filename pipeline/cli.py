@@ -3,11 +3,17 @@
 Each command lives in the module that holds its logic; that module defines
 ``configure_parser(parser)`` and ``run(args) -> int``.  Modules are imported
 only when their command runs, so ``--help`` stays fast.
+
+Every command (but ``bench``) also takes ``--settings JSON``: one JSON object
+whose entries stand for options (``{"batch_size": 32}`` is ``--batch-size 32``),
+expanded where it stands, so options after it win.  The workflow's rules hand
+each job its config section this way, as one shell-quoted word.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 
 from pipeline import __version__
@@ -38,8 +44,84 @@ _HANDLERS = {
 }
 
 
+SETTINGS_HELP = (
+    "options as one JSON object, expanded where it stands (options after it win): keys are option names "
+    "with '_' for '-', lists give several values, true/false switch a flag, null leaves the option out; "
+    "e.g. '{\"batch_size\": 32, \"lr_milestones\": [0.5, 0.8]}'"
+)
+
+
+class SettingsParser(argparse.ArgumentParser):
+    """An argument parser that expands ``--settings JSON`` into the options it
+    stands for before parsing (in the command's own parser, which knows them)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        if "--settings" in self._option_string_actions:
+            args = self._expand_settings(args)
+        return super().parse_known_args(args, namespace)
+
+    def _expand_settings(self, args: list[str]) -> list[str]:
+        out, i = [], 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "--":
+                return out + args[i:]
+            if arg == "--settings" and i + 1 < len(args):
+                out += self._settings_words(args[i + 1])
+                i += 2
+            elif arg.startswith("--settings="):
+                out += self._settings_words(arg.partition("=")[2])
+                i += 1
+            else:
+                out.append(arg)
+                i += 1
+        return out
+
+    def _settings_words(self, text: str) -> list[str]:
+        """The option words a ``--settings`` object stands for."""
+        try:
+            settings = json.loads(text)
+        except json.JSONDecodeError as e:
+            self.error(f"--settings is not valid JSON ({e}): {text!r}")
+        if not isinstance(settings, dict):
+            self.error(f"--settings must be a JSON object, got {text!r}")
+        words = []
+        for key, value in settings.items():
+            option = "--" + key.replace("_", "-")
+            action = self._option_string_actions.get(option)
+            if action is None or option in ("--settings", "--help"):
+                self.error(f"--settings: {key!r} is not an option of this command")
+            if value is None:
+                continue
+            if action.nargs == 0:  # a flag
+                if not isinstance(value, bool):
+                    self.error(f"--settings: {key!r} is a flag: true or false, got {value!r}")
+                words += [option] if value else []
+                continue
+            values = value if isinstance(value, list) else [value]
+            texts = [v if isinstance(v, str) else json.dumps(v) for v in values]
+            if action.nargs is None or action.nargs == "?":
+                if isinstance(value, list):
+                    self.error(f"--settings: {key!r} takes one value, got {value!r}")
+                words.append(f"{option}={texts[0]}")  # one word, even for a value that starts with '-'
+            else:
+                words += [option, *texts]
+        return words
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser):
+    """The parsers that parse a command's options (those of subcommands, where it has some)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield parser
+    for action in subs:
+        for sub in dict.fromkeys(action.choices.values()):
+            yield from _leaf_parsers(sub)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = SettingsParser(
         prog="python -m pipeline",
         description="Invert image representations: data, features, decoders, baselines, evaluation.",
     )
@@ -55,6 +137,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             configure, run = _HANDLERS.get(name, ("configure_parser", "run"))
             getattr(mod, configure)(p)
             p.set_defaults(_run=getattr(mod, run))
+            if name != "bench":  # the benchmarks parse their own options
+                for leaf in _leaf_parsers(p):
+                    leaf.add_argument("--settings", metavar="JSON", default=argparse.SUPPRESS, help=SETTINGS_HELP)
     return parser
 
 
