@@ -122,7 +122,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shuffle-block", type=nonnegative_int, default=0,
                    help="0: global permutation per epoch; K: shuffle within groups of K shards")
-    p.add_argument("--checkpoint-every", type=positive_int, default=500, help="steps between checkpoints")
+    p.add_argument("--checkpoint-every", type=positive_int, default=1000, help="steps between checkpoints")
     p.add_argument("--log-every", type=positive_int, default=10, help="steps per metrics row")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
@@ -130,7 +130,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels (slower)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decoder (CUDA)")
     p.add_argument("--threads", type=nonnegative_int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--workers", type=nonnegative_int, default=0, help="DataLoader workers (when not in memory)")
+    p.add_argument("--workers", type=nonnegative_int, default=4, help="DataLoader workers (when not in memory)")
     p.add_argument("--in-memory", default="auto", choices=("auto", "yes", "no"))
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--restart-if-changed", action="store_true",

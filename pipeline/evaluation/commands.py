@@ -121,7 +121,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     common(q)
     q.add_argument("--column", action="append", required=True, metavar="LABEL=STORE[,STORE...]",
                    help="one column of reconstructions (repeatable, in order)")
-    q.add_argument("--count", type=positive_int, default=6, help="number of images (rows)")
+    q.add_argument("--count", type=positive_int, default=8, help="number of images (rows)")
     q.add_argument("--keys", nargs="+", help="image keys to show (default: the first --count)")
     q.add_argument("--out", required=True, help="PNG path")
 

@@ -62,7 +62,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=ALPHA)
     p.add_argument("--beta", type=float, default=BETA)
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default=None)
-    p.add_argument("--iterations", type=positive_int, default=None, help="total iterations (rescales the schedule)")
+    p.add_argument("--iterations", type=positive_int, default=100, help="total iterations (rescales the schedule)")
     p.add_argument("--lr", type=positive_float, default=None)
     p.add_argument("--optimizer", choices=("momentum", "adam"), default=None)
     p.add_argument("--clamp", type=nonnegative_float, default=None, help="range bound in units of 128 grey levels (0: off)")
