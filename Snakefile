@@ -27,8 +27,10 @@ if not workflow.overwrite_configfiles:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
+include: "workflow/rules/train_helpers.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/baselines.smk"
+include: "workflow/rules/evaluate_helpers.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/preimage.smk"
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,22 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def shell_words(line: str) -> list[str]:
+    """The words of a printed shell command (``Shell command: ...`` of ``snakemake -n -p``)."""
+    return shlex.split(line.partition("Shell command: ")[2] or line)
+
+
+def option(line: str, name: str) -> str:
+    """The value of option ``name`` in a printed shell command."""
+    words = shell_words(line)
+    return words[words.index(name) + 1]
+
+
+def settings(line: str) -> dict:
+    """The ``--settings`` object of a printed shell command."""
+    return json.loads(option(line, "--settings"))
 
 
 def job_counts(stdout: str) -> dict[str, int]:
@@ -90,11 +107,11 @@ def test_decoder_overrides_reach_only_their_representation(tmp_path):
     cfg.write_text(yaml.safe_dump(full))
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "results/models/sift/decoder.pt",
                      "results/models/hog/decoder.pt", "--configfile", str(cfg))
-    cmds = {line.split("--representation ")[1].split()[0]: line
-            for line in proc.stdout.splitlines() if "pipeline train --representation" in line}
-    assert "--steps 7" in cmds["sift"] and "--width 0.5" in cmds["sift"] and "--epochs" not in cmds["sift"]
-    assert "--epochs 2" in cmds["hog"] and "--width 0.25" in cmds["hog"] and "--steps" not in cmds["hog"]
-    assert all("--image-size 32" in c for c in cmds.values())
+    cmds = {option(line, "--representation"): settings(line)
+            for line in proc.stdout.splitlines() if "pipeline train --settings" in line}
+    assert cmds["sift"]["steps"] == 7 and cmds["sift"]["width"] == 0.5 and cmds["sift"]["epochs"] is None
+    assert cmds["hog"]["epochs"] == 2 and cmds["hog"]["width"] == 0.25 and cmds["hog"]["steps"] is None
+    assert all(c["image_size"] == 32 for c in cmds.values())
 
 
 def test_decoder_override_of_unknown_representation_is_named(tmp_path):
@@ -117,8 +134,46 @@ def test_configfile_replaces_the_default_config_instead_of_merging(tmp_path):
                    "mv:\n  representations: [hog]\n  alexnet_layers: []\n")
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "results/models/hog/decoder.pt",
                      "--configfile", str(cfg))
-    line = next(li for li in proc.stdout.splitlines() if "pipeline train --representation hog" in li)
-    assert "--epochs 15" in line and "--steps" not in line and "--width 1.0" in line  # schema defaults
+    line = next(li for li in proc.stdout.splitlines() if "pipeline train" in li and "--representation hog" in li)
+    s = settings(line)
+    assert s["epochs"] == 15 and s["steps"] is None and s["width"] == 1.0  # schema defaults
+
+
+def test_config_values_reach_the_shell_quoted_and_literal(tmp_path):
+    """A config value with shell syntax in it is one word of its job's command: the job's
+    command line gets it literally (and rejects it), the shell never runs it."""
+    import os
+
+    import yaml
+
+    evil = "cpu; touch HACKED #"
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    for section in ("decoders", "mv", "features"):
+        cfg[section]["device"] = evil
+    cfg["dataset"]["name"] = "it's $(touch HACKED) & more"
+    path = tmp_path / "evil.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", str(path))
+    lines = [li for li in proc.stdout.splitlines() if li.startswith("Shell command: ")]
+    seen = set()
+    for line in lines:
+        words = shell_words(line)
+        assert "touch" not in words and "$(touch" not in words, line  # split off: the shell would run it
+        if "--settings" in words:
+            s = settings(line)
+            for key, value in (("device", evil), ("dataset", cfg["dataset"]["name"])):
+                if key in s:
+                    assert s[key] == value, line
+                    seen.add(words[words.index("pipeline") + 1])
+    assert {"train", "reconstruct", "invert-mv", "extract", "evaluate"} <= seen
+    # run one of those commands: its CLI gets the value as given and refuses it
+    line = next(li for li in lines if "pipeline train" in li and "--representation hog" in li)
+    (tmp_path / "logs/train_decoder").mkdir(parents=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    run = subprocess.run(["bash", "-c", line.partition("Shell command: ")[2]], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and not (tmp_path / "HACKED").exists()
+    assert evil in (tmp_path / "logs/train_decoder/hog.log").read_text()
 
 
 @pytest.mark.slow

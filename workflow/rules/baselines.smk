@@ -1,4 +1,5 @@
 # Optimisation baselines: Mahendran & Vedaldi (2015) and HOGgles (Vondrick et al. 2013).
+import shlex
 
 
 rule invert_mv:
@@ -8,9 +9,15 @@ rule invert_mv:
         store="results/reconstructions/mv/{rep}/{shard}.h5",
         log="results/reconstructions/mv/{rep}/{shard}.csv",
     params:
-        feature=lambda w: REPS[w.rep]["feature"],
+        feature=lambda w: shlex.quote(REPS[w.rep]["feature"]),
         fparams=lambda w: as_json(REPS[w.rep]["params"]),
-        hyper=mv_params(),
+        # null iterations: the paper's schedule
+        settings=as_json(
+            dict(
+                pick(config["mv"], "iterations", "max_images", "restarts", "batch_size", "optimizer", "device"),
+                seed=config["seed"],
+            )
+        ),
     log:
         "logs/invert_mv/{rep}/{shard}.log",
     benchmark:
@@ -23,9 +30,9 @@ rule invert_mv:
         runtime=1440,
         mem_mb=16000,
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline invert-mv --shard {input.images} --out {output.store} --log {output.log}"
-        " --feature {params.feature} --params {params.fparams} --representation {wildcards.rep}"
-        " {params.hyper} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m pipeline invert-mv --settings {params.settings} --shard {input.images}"
+        " --out {output.store} --log {output.log} --feature {params.feature} --params {params.fparams}"
+        " --representation {wildcards.rep} > {log} 2>&1"
 
 
 rule train_hoggles:
@@ -35,12 +42,9 @@ rule train_hoggles:
         "results/models/hoggles/dictionary.npz",
     params:
         fparams=as_json(REPS["hog"]["params"]) if "hog" in REPS else "{}",
-        atoms=config["hoggles"]["atoms"],
-        window=config["hoggles"]["window"],
-        lam=config["hoggles"]["lambda"],
-        windows=config["hoggles"]["windows"],
-        epochs=config["hoggles"]["epochs"],
-        seed=config["seed"],
+        settings=as_json(
+            dict(pick(config["hoggles"], "atoms", "window", "windows", "epochs", lam="lambda"), seed=config["seed"])
+        ),
     log:
         "logs/train_hoggles.log",
     benchmark:
@@ -52,10 +56,8 @@ rule train_hoggles:
         runtime=720,
         mem_mb=16000,
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline invert-hoggles train --shards {input} --out {output}"
-        " --feature hog --params {params.fparams} --atoms {params.atoms} --window {params.window}"
-        " --lam {params.lam} --windows {params.windows} --epochs {params.epochs} --seed {params.seed}"
-        " --threads {threads} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m pipeline invert-hoggles train --settings {params.settings}"
+        " --shards {input} --out {output} --feature hog --params {params.fparams} --threads {threads} > {log} 2>&1"
 
 
 rule invert_hoggles:
@@ -65,8 +67,7 @@ rule invert_hoggles:
     output:
         "results/reconstructions/hoggles/hog/{shard}.h5",
     params:
-        solver=config["hoggles"]["solver"],
-        max_images=f"--max-images {config['mv']['max_images']}" if config["mv"]["max_images"] else "",
+        settings=as_json(dict(pick(config["hoggles"], "solver"), **pick(config["mv"], "max_images"))),
     log:
         "logs/invert_hoggles/{shard}.log",
     benchmark:
@@ -78,5 +79,5 @@ rule invert_hoggles:
         runtime=240,
         mem_mb=8000,
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline invert-hoggles invert --dict {input.dictionary}"
-        " --shard {input.images} --out {output} --solver {params.solver} {params.max_images} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m pipeline invert-hoggles invert --settings {params.settings}"
+        " --dict {input.dictionary} --shard {input.images} --out {output} > {log} 2>&1"

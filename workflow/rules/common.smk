@@ -1,12 +1,12 @@
-# Configuration validation and the helpers the rules share.
+# Configuration validation and the helpers the rules of several files share;
+# each stage's own helpers sit in its rule file.
 import json
-import re
 import shlex
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from pipeline.vocabulary import DECODER_METHODS, FIGURE7_CURVES, FIGURE_LAYERS, MV_TABLE1_ROWS, PERTURBATIONS, TABLE2_ROWS
+from pipeline.vocabulary import FIGURE_LAYERS
 
 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
@@ -116,8 +116,15 @@ def uses_gpu(device):
 
 
 def as_json(obj):
-    """A config value as one shell-quoted JSON word (for params)."""
+    """A config value as one shell-quoted JSON word (for params): ``--params``, or a
+    job's ``--settings`` (an object of its options, which the CLI expands)."""
     return shlex.quote(json.dumps(obj, sort_keys=True))
+
+
+def pick(section, *keys, **renamed):
+    """A job's settings: ``keys`` of a config section, and option=key pairs for
+    options named otherwise (``lam="lambda"``)."""
+    return {**{k: section[k] for k in keys}, **{opt: section[k] for opt, k in renamed.items()}}
 
 
 wildcard_constraints:
@@ -125,160 +132,6 @@ wildcard_constraints:
     shard=r"\d{5}",
     size=r"\d+",
     rep="|".join(sorted(REPS)) or "NONE",
-
-
-# ------------------------------------------------------------ train rules
-#: {method} wildcard of the reconstruct rule: the decoders, and a decoder on perturbed features
-RECONSTRUCT_METHODS = "|".join(
-    re.escape(m) for m in DECODER_METHODS + tuple(f"ours-{k}" for k in PERTURBATIONS)
-)
-
-
-def train_inputs(w):
-    rep = w.rep
-    inputs = {"images": shard_paths(rep_size(rep), "train")}
-    if config["features"]["store"] == "precomputed":
-        inputs["features"] = feature_paths(rep, "train")
-    return inputs
-
-
-def decoder_settings(rep):
-    """decoders.* with decoders.overrides[rep] applied (steps given there win over epochs)."""
-    d = dict(config["decoders"])
-    over = d.pop("overrides").get(rep, {})
-    if "epochs" in over and "steps" not in over:
-        d["steps"] = None
-    d.update(over)
-    return d
-
-
-def decoder_params(rep):
-    d = decoder_settings(rep)
-    length = f"--steps {d['steps']}" if d["steps"] else f"--epochs {d['epochs']}"
-    size = f" --image-size {d['image_size']}" if d["image_size"] else ""
-    return (
-        f"--width {d['width']} {length} --batch-size {d['batch_size']} --lr {d['lr']}{size}"
-        f" --lr-milestones {' '.join(str(m) for m in d['lr_milestones'])} --lr-gamma {d['lr_gamma']}"
-        f" --checkpoint-every {d['checkpoint_every']} --device {d['device']} --amp {d['amp']}"
-        f" --workers {d['workers']} --seed {config['seed']}"
-    )
-
-
-def features_arg(rep, split, key="features"):
-    """--features STORES for precomputed stores, or --on-the-fly with the representation."""
-    if config["features"]["store"] == "precomputed":
-        return "--features " + " ".join(feature_paths(rep, split))
-    r = REPS[rep]
-    return f"--on-the-fly --feature {r['feature']} --params {as_json(r['params'])}"
-
-
-def reconstruct_features(w):
-    if w.method.startswith("ours-"):  # perturbed features, decoder trained on clean ones
-        return [f"data/features_perturbed/{w.method[5:]}/{w.rep}/val/{w.shard}.h5"]
-    if w.method == "ours" and config["features"]["store"] == "precomputed":
-        return [f"data/features/{w.rep}/val/{w.shard}.h5"]
-    return []  # on the fly (the autoencoder always: its encoder was fine-tuned)
-
-
-def model_dir(w):
-    if w.method == "autoencoder":
-        return f"results/models/autoencoder/{w.rep}"
-    return f"results/models/{w.rep}"
-
-
-# ------------------------------------------------------------ baselines rules
-def mv_params():
-    m = config["mv"]
-    its = f"--iterations {m['iterations']}" if m["iterations"] else ""
-    maxi = f"--max-images {m['max_images']}" if m["max_images"] else ""
-    return (
-        f"{its} {maxi} --restarts {m['restarts']} --batch-size {m['batch_size']}"
-        f" --optimizer {m['optimizer']} --device {m['device']} --seed {config['seed']}"
-    )
-
-
-# ------------------------------------------------------------ evaluate rules
-def recon(method, rep):
-    return expand("results/reconstructions/{method}/{rep}/{shard}.h5", method=method, rep=rep, shard=shard_ids("val"))
-
-
-def row_arg(name, paths):
-    return f"--row {name}={','.join(paths)}"
-
-
-def caption_args(stats=True):
-    """Dataset and weights for captions; with ``stats`` the interval method, seed, image subset."""
-    a = config["alexnet"]
-    weights = a["weights"] if a["layers"] else "none"
-    args = f"--dataset {shlex.quote(config['dataset']['name'])} --weights {shlex.quote(weights)}"
-    if stats:
-        maxi = config["evaluation"]["max_images"]
-        args += f" --ci {config['evaluation']['ci']} --seed {config['seed']}"
-        args += f" --max-images {maxi}" if maxi else ""
-    return args
-
-
-def _row_configured(method, rep):
-    """Whether the config produces ``method``'s reconstructions of ``rep``."""
-    if rep not in REPS:
-        return False
-    if method == "hoggles":
-        return rep == "hog"
-    if method == "mv":
-        return rep in config["mv"]["representations"]
-    return rep in config["decoders"]["train"]
-
-
-def table2_rows():
-    """Table 2 row id -> reconstruction stores (rows whose method is configured)."""
-    return {row: recon(method, rep) for row, (_, method, rep, _) in TABLE2_ROWS.items() if _row_configured(method, rep)}
-
-
-def mv_table1_rows():
-    return {row: recon(method, rep) for row, (_, method, rep, *_) in MV_TABLE1_ROWS.items() if _row_configured(method, rep)}
-
-
-def figure7_points():
-    d, pts = config["decoders"], {}
-    for layer in config["alexnet"]["layers"]:
-        rep = f"alexnet_{layer}"
-        if layer in d["alexnet_layers"]:
-            pts[("ours", layer)] = recon("ours", rep)
-            for kind in d["perturbations"]:
-                pts[(f"ours-{kind}", layer)] = recon(f"ours-{kind}", rep)
-        if layer in d["autoencoder_layers"]:
-            pts[("autoencoder", layer)] = recon("autoencoder", rep)
-        if layer in config["mv"]["alexnet_layers"]:
-            pts[("mv", layer)] = recon("mv", rep)
-    return pts
-
-
-def grid_columns(which):
-    if which == "shallow":
-        return {TABLE2_ROWS[k][0]: v for k, v in table2_rows().items()}
-    return {layer: recon("ours", f"alexnet_{layer}") for layer in config["decoders"]["alexnet_layers"]}
-
-
-def figure_layers(fig):
-    return [l for l in FIGURE_LAYERS[fig] if l in config["decoders"]["alexnet_layers"]]
-
-
-# ------------------------------------------------------------ preimage rules
-PREIMAGE_MODES = ["maximise", "caricature", "invert"]
-
-
-def _preimage_layers():
-    """Pre-ReLU taps of the configured paper layers (a ReLU unit at 0 has no gradient)."""
-    want = [l for l in config["preimage"]["layers"] if l in config["alexnet"]["layers"]]
-    return [f"{l}_raw" for l in want]
-
-
-PREIMAGE_LAYERS = _preimage_layers()
-PREIMAGE_TARGETS = {
-    "maximise": "--units 0 1 2 3 --lambda-tv 0.5",
-    "caricature": "--max-images 4 --lambda-tv 0.5",
-    "invert": "--max-images 4 --window 3",
-}
 
 
 # --------------------------------------------------------------------- targets

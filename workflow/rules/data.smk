@@ -6,7 +6,7 @@ rule list_images:
         "data/index/{split}.json",
     params:
         dataset=as_json(config["dataset"]),
-        seed=config["seed"],
+        settings=as_json(pick(config, "seed")),
     conda:
         "../../envs/pipeline.yaml"
     log:
@@ -17,8 +17,8 @@ rule list_images:
         runtime=30,
         mem_mb=4000,
     shell:
-        "python -m pipeline list-images --split {wildcards.split} --dataset {params.dataset}"
-        " --seed {params.seed} --out {output} 2> {log}"
+        "python -m pipeline list-images --settings {params.settings} --split {wildcards.split}"
+        " --dataset {params.dataset} --out {output} 2> {log}"
 
 
 rule make_shard:
@@ -30,7 +30,7 @@ rule make_shard:
     params:
         n_shards=lambda w: n_shards(w.split),
         shard=lambda w: int(w.shard),
-        format=config["dataset"]["format"],
+        settings=as_json(pick(config["dataset"], "format")),
     conda:
         "../../envs/pipeline.yaml"
     log:
@@ -41,8 +41,8 @@ rule make_shard:
         runtime=60,
         mem_mb=2000,
     shell:
-        "python -m pipeline make-shard --index {input} --shard {params.shard} --n-shards {params.n_shards}"
-        " --size {wildcards.size} --format {params.format} --out {output.tar} --manifest {output.manifest}"
+        "python -m pipeline make-shard --settings {params.settings} --index {input} --shard {params.shard}"
+        " --n-shards {params.n_shards} --size {wildcards.size} --out {output.tar} --manifest {output.manifest}"
         " 2> {log}"
 
 

@@ -25,8 +25,8 @@ rule table2:
         csv=report("results/table2.csv", category="Tables", caption="../report/table2.rst"),
         md="results/table2.md",
     params:
-        rows=lambda w: " ".join(row_arg(k, v) for k, v in table2_rows().items()),
-        caption=caption_args(),
+        rows=lambda w: labelled_args("--row", table2_rows().items()),
+        settings=as_json(caption_settings()),
     log:
         "logs/table2.log",
     benchmark:
@@ -34,8 +34,8 @@ rule table2:
     conda:
         "../../envs/pipeline.yaml"
     shell:
-        "python -m pipeline evaluate table2 --images {input.images} --mean-image {input.mean} {params.rows}"
-        " {params.caption} --out {output.csv} --md {output.md} > {log} 2>&1"
+        "python -m pipeline evaluate table2 --settings {params.settings} --images {input.images}"
+        " --mean-image {input.mean} {params.rows} --out {output.csv} --md {output.md} > {log} 2>&1"
 
 
 rule mv_table1:
@@ -46,8 +46,8 @@ rule mv_table1:
         csv=report("results/mv_table1.csv", category="Tables", caption="../report/mv_table1.rst"),
         md="results/mv_table1.md",
     params:
-        rows=lambda w: " ".join(row_arg(k, v) for k, v in mv_table1_rows().items()),
-        caption=caption_args(),
+        rows=lambda w: labelled_args("--row", mv_table1_rows().items()),
+        settings=as_json(caption_settings()),
     log:
         "logs/mv_table1.log",
     benchmark:
@@ -55,7 +55,7 @@ rule mv_table1:
     conda:
         "../../envs/pipeline.yaml"
     shell:
-        "python -m pipeline evaluate mv-table1 --images {input.images} {params.rows} {params.caption}"
+        "python -m pipeline evaluate mv-table1 --settings {params.settings} --images {input.images} {params.rows}"
         " --out {output.csv} --md {output.md} > {log} 2>&1"
 
 
@@ -67,8 +67,8 @@ rule figure7:
         csv="results/figure7.csv",
         png=report("results/figure7.png", category="Figures", caption="../report/figure7.rst"),
     params:
-        points=lambda w: " ".join(f"--point {c}:{l}={','.join(v)}" for (c, l), v in figure7_points().items()),
-        caption=caption_args(),
+        points=lambda w: labelled_args("--point", ((f"{c}:{l}", v) for (c, l), v in figure7_points().items())),
+        settings=as_json(caption_settings()),
     log:
         "logs/figure7.log",
     benchmark:
@@ -76,8 +76,8 @@ rule figure7:
     conda:
         "../../envs/pipeline.yaml"
     shell:
-        "python -m pipeline evaluate figure7 --images {input.images} {params.points}"
-        " {params.caption} --out {output.csv} --png {output.png} > {log} 2>&1"
+        "python -m pipeline evaluate figure7 --settings {params.settings} --images {input.images} {params.points}"
+        " --out {output.csv} --png {output.png} > {log} 2>&1"
 
 
 rule grid:
@@ -91,9 +91,8 @@ rule grid:
     wildcard_constraints:
         which="shallow|alexnet",
     params:
-        columns=lambda w: " ".join(f"--column {k}={','.join(v)}" for k, v in grid_columns(w.which).items()),
-        n=config["evaluation"]["grid_count"],
-        caption=caption_args(),
+        columns=lambda w: labelled_args("--column", grid_columns(w.which).items()),
+        settings=as_json(dict(caption_settings(), **pick(config["evaluation"], count="grid_count"))),
     log:
         "logs/grid/{which}.log",
     benchmark:
@@ -101,8 +100,8 @@ rule grid:
     conda:
         "../../envs/pipeline.yaml"
     shell:
-        "python -m pipeline evaluate grid --images {input.images} {params.columns} --count {params.n}"
-        " {params.caption} --out {output} > {log} 2>&1"
+        "python -m pipeline evaluate grid --settings {params.settings} --images {input.images} {params.columns}"
+        " --out {output} > {log} 2>&1"
 
 
 rule alexnet_figure:
@@ -119,8 +118,7 @@ rule alexnet_figure:
             if w.fig == "fig8"
             else " ".join(f"--model {l}=results/models/alexnet_{l}" for l in figure_layers(w.fig))
         ),
-        caption=caption_args(stats=False),
-        seed=config["seed"],
+        settings=as_json(dict(caption_settings(stats=False), seed=config["seed"])),
     log:
         "logs/alexnet_figure/{fig}.log",
     benchmark:
@@ -128,5 +126,5 @@ rule alexnet_figure:
     conda:
         "../../envs/pipeline.yaml"
     shell:
-        "python -m pipeline evaluate {wildcards.fig} --images {input.images} {params.models}"
-        " {params.caption} --seed {params.seed} --out {output} > {log} 2>&1"
+        "python -m pipeline evaluate {wildcards.fig} --settings {params.settings} --images {input.images}"
+        " {params.models} --out {output} > {log} 2>&1"

@@ -1,4 +1,5 @@
 # Feature stores: one job per (representation, image shard).
+import shlex
 
 
 rule extract_features:
@@ -7,12 +8,15 @@ rule extract_features:
     output:
         "data/features/{rep}/{split}/{shard}.h5",
     params:
-        feature=lambda w: REPS[w.rep]["feature"],
+        feature=lambda w: shlex.quote(REPS[w.rep]["feature"]),
         fparams=lambda w: as_json(REPS[w.rep]["params"]),
-        dtype=config["features"]["dtype"],
-        compression=config["features"]["compression"] or "none",
-        batch_size=config["features"]["batch_size"],
-        device=config["features"]["device"],
+        # null compression: none
+        settings=as_json(
+            dict(
+                pick(config["features"], "dtype", "batch_size", "device"),
+                compression=config["features"]["compression"] or "none",
+            )
+        ),
     conda:
         "../../envs/pipeline.yaml"
     log:
@@ -25,6 +29,5 @@ rule extract_features:
         runtime=120,
         mem_mb=4000,
     shell:
-        "python -m pipeline extract --feature {params.feature} --params {params.fparams}"
-        " --shard {input.shard} --out {output} --dtype {params.dtype} --compression {params.compression}"
-        " --batch-size {params.batch_size} --device {params.device} --threads {threads} 2> {log}"
+        "python -m pipeline extract --settings {params.settings} --feature {params.feature} --params {params.fparams}"
+        " --shard {input.shard} --out {output} --threads {threads} 2> {log}"

@@ -1,5 +1,18 @@
-# Natural pre-images (Mahendran & Vedaldi 2016, IJCV): a small gallery of activation maximisation,
-# caricatures and masked inversions for a few AlexNet layers.
+# Natural pre-images (Mahendran & Vedaldi 2016, IJCV): a small gallery of activation
+# maximisation, caricatures and masked inversions for a few AlexNet layers.
+import shlex
+
+
+PREIMAGE_MODES = ["maximise", "caricature", "invert"]
+
+
+#: pre-ReLU taps of the configured paper layers (a ReLU unit at 0 has no gradient)
+PREIMAGE_LAYERS = [f"{l}_raw" for l in config["preimage"]["layers"] if l in config["alexnet"]["layers"]]
+PREIMAGE_TARGETS = {
+    "maximise": "--units 0 1 2 3 --lambda-tv 0.5",
+    "caricature": "--max-images 4 --lambda-tv 0.5",
+    "invert": "--max-images 4 --window 3",
+}
 
 
 rule preimage_gallery:
@@ -16,8 +29,7 @@ rule preimage_gallery:
         ),
         layers=" ".join(PREIMAGE_LAYERS),
         targets=lambda w: PREIMAGE_TARGETS[w.mode],
-        iterations=config["preimage"]["iterations"],
-        seed=config["seed"],
+        settings=as_json(dict(pick(config["preimage"], "iterations"), seed=config["seed"])),
         caption=lambda w: shlex.quote(
             f"Natural pre-images ({w.mode}), AlexNet {config['alexnet']['arch']}, weights "
             f"{config['alexnet']['weights']}{' (untrained)' if config['alexnet']['weights'] == 'random' else ''}"
@@ -33,7 +45,7 @@ rule preimage_gallery:
         runtime=60,
         mem_mb=4000,
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline preimage --mode {wildcards.mode} --feature alexnet"
-        " --params {params.fparams} --layers {params.layers} --shard {input.images} {params.targets}"
-        " --iterations {params.iterations} --seed {params.seed} --threads {threads} --out {output.store}"
-        " --grid {output.grid} --caption {params.caption} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m pipeline preimage --settings {params.settings} --mode {wildcards.mode}"
+        " --feature alexnet --params {params.fparams} --layers {params.layers} --shard {input.images}"
+        " {params.targets} --threads {threads} --out {output.store} --grid {output.grid}"
+        " --caption {params.caption} > {log} 2>&1"

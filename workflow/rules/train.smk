@@ -10,7 +10,7 @@ rule train_decoder:
         config="results/models/{rep}/config.json",
         metrics="results/models/{rep}/metrics.csv",
     params:
-        hyper=lambda w: decoder_params(w.rep),
+        settings=lambda w: as_json(train_settings(w.rep)),
         features=lambda w: features_arg(w.rep, "train"),
     log:
         "logs/train_decoder/{rep}.log",
@@ -18,14 +18,14 @@ rule train_decoder:
         "benchmarks/train_decoder/{rep}.tsv"
     conda:
         "../../envs/pipeline.yaml"
-    threads: workflow.cores
+    threads: train_threads()
     resources:
         gpu=1,
         runtime=2880,
         mem_mb=32000,
     shell:
-        "python -m pipeline train --representation {wildcards.rep} --images {input.images}"
-        " {params.features} {params.hyper} --threads {threads} --restart-if-changed"
+        "python -m pipeline train --settings {params.settings} --representation {wildcards.rep}"
+        " --images {input.images} {params.features} --threads {threads} --restart-if-changed"
         " --out results/models/{wildcards.rep}"
         " > {log} 2>&1"
 
@@ -38,7 +38,7 @@ rule train_autoencoder:
         config="results/models/autoencoder/alexnet_{layer}/config.json",
         metrics="results/models/autoencoder/alexnet_{layer}/metrics.csv",
     params:
-        hyper=lambda w: decoder_params(f"alexnet_{w.layer}"),
+        settings=lambda w: as_json(train_settings(f"alexnet_{w.layer}")),
         fparams=lambda w: as_json(REPS[f"alexnet_{w.layer}"]["params"]),
     log:
         "logs/train_autoencoder/{layer}.log",
@@ -46,15 +46,15 @@ rule train_autoencoder:
         "benchmarks/train_autoencoder/{layer}.tsv"
     conda:
         "../../envs/pipeline.yaml"
-    threads: workflow.cores
+    threads: train_threads()
     resources:
         gpu=1,
         runtime=2880,
         mem_mb=32000,
     shell:
-        "python -m pipeline train --representation alexnet_{wildcards.layer} --images {input.images}"
-        " --on-the-fly --feature alexnet --params {params.fparams} --finetune-encoder"
-        " {params.hyper} --threads {threads} --restart-if-changed"
+        "python -m pipeline train --settings {params.settings} --representation alexnet_{wildcards.layer}"
+        " --images {input.images} --on-the-fly --feature alexnet --params {params.fparams} --finetune-encoder"
+        " --threads {threads} --restart-if-changed"
         " --out results/models/autoencoder/alexnet_{wildcards.layer}"
         " > {log} 2>&1"
 
@@ -70,7 +70,7 @@ rule reconstruct:
         method=RECONSTRUCT_METHODS,
     params:
         features=lambda w, input: f"--features {input.features}" if input.features else "--on-the-fly",
-        device=config["decoders"]["device"],
+        settings=as_json(pick(config["decoders"], "device")),
     log:
         "logs/reconstruct/{method}/{rep}/{shard}.log",
     benchmark:
@@ -83,8 +83,8 @@ rule reconstruct:
         runtime=60,
         mem_mb=8000,
     shell:
-        "python -m pipeline reconstruct --model {input.model} --images {input.images} {params.features}"
-        " --out {output} --device {params.device} --threads {threads} > {log} 2>&1"
+        "python -m pipeline reconstruct --settings {params.settings} --model {input.model} --images {input.images}"
+        " {params.features} --out {output} --threads {threads} > {log} 2>&1"
 
 
 rule perturb_features:
@@ -95,7 +95,7 @@ rule perturb_features:
     wildcard_constraints:
         kind="|".join(re.escape(k) for k in PERTURBATIONS),
     params:
-        seed=config["seed"],
+        settings=as_json(pick(config, "seed")),
     log:
         "logs/perturb_features/{kind}/{rep}/{shard}.log",
     benchmark:
@@ -103,5 +103,5 @@ rule perturb_features:
     conda:
         "../../envs/pipeline.yaml"
     shell:
-        "python -m pipeline evaluate perturb --features {input} --kind {wildcards.kind} --seed {params.seed}"
-        " --out {output} > {log} 2>&1"
+        "python -m pipeline evaluate perturb --settings {params.settings} --features {input}"
+        " --kind {wildcards.kind} --out {output} > {log} 2>&1"
