@@ -4,7 +4,7 @@ Table and figure rows, curve ids and their labels, perturbation kinds and
 AlexNet's layer names, as Dosovitskiy & Brox 2016 ("Inverting visual
 representations with convolutional networks", CVPR) and Mahendran & Vedaldi
 2015 ("Understanding deep image representations by inverting them", CVPR)
-name them.  The evaluation, the workflow rules (``workflow/rules/common.smk``)
+name them.  The evaluation, the workflow rules (``workflow/rules/*_helpers.smk``)
 and the config schema's enums (checked by a test) read them from here.
 
 A *method* is what made a reconstruction store
