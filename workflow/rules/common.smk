@@ -6,6 +6,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from pipeline.features import check_params, verify_weights
 from pipeline.vocabulary import FIGURE_LAYERS
 
 
@@ -33,12 +34,17 @@ def _check_config():
             raise ValueError(
                 f"dataset.sample.val_photos: unknown photograph(s) {bad}; allowed: {sorted(SAMPLE_PHOTOS)}"
             )
-    a = config["alexnet"]
-    if a["layers"] and a["weights"] not in ("random", "torchvision"):
-        from pipeline.features.alexnet_weights import check_weights
-
+    for name, r in config["representations"].items():
         try:
-            check_weights(a["arch"], a["weights"], download=False)
+            check_params(r["feature"], r["params"])
+            if workflow.is_main_process:  # loads weights files: not again in every cluster job
+                verify_weights(r["feature"], r["params"])
+        except (KeyError, ValueError, FileNotFoundError) as e:
+            raise ValueError(f"representations.{name}: {e.args[0] if isinstance(e, KeyError) else e}") from None
+    a = config["alexnet"]
+    if a["layers"] and a["weights"] not in ("random", "torchvision") and workflow.is_main_process:
+        try:
+            verify_weights("alexnet", {"arch": a["arch"], "weights": a["weights"], "seed": config["seed"]})
         except (FileNotFoundError, ValueError) as e:
             raise ValueError(f"alexnet.weights: {e}") from None
     for key in ("decoders", "mv"):

@@ -48,7 +48,9 @@ def train_threads():
 def features_arg(rep, split, key="features"):
     """--features STORES for precomputed stores, or --on-the-fly with the representation."""
     if config["features"]["store"] == "precomputed":
-        return "--features " + " ".join(feature_paths(rep, split))
+        r = REPS[rep]  # the stores must hold this representation (checked by the command)
+        return ("--features " + " ".join(feature_paths(rep, split))
+                + f" --feature {shlex.quote(r['feature'])} --params {as_json(r['params'])}")
     r = REPS[rep]
     return f"--on-the-fly --feature {shlex.quote(r['feature'])} --params {as_json(r['params'])}"
 
