@@ -55,3 +55,14 @@ def test_user_errors_are_one_line_with_exit_code_2_and_debug_shows_the_traceback
     r = subprocess.run([sys.executable, "-m", "pipeline", "--debug", "store", "info", missing], capture_output=True,
                        text=True, cwd=REPO)
     assert r.returncode == 1 and "Traceback" in r.stderr
+
+
+def test_webdataset_is_a_test_dependency_only():
+    """The package reads its shards with tarfile; webdataset checks in the tests that they stay readable by it."""
+    runtime = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
+    assert "webdataset" not in runtime
+    assert "webdataset" in {_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["test"]}
+    env = (REPO / "envs/pipeline.yaml").read_text()
+    assert "webdataset" not in env
+    for path in (REPO / "pipeline").rglob("*.py"):
+        assert not re.search(r"^\s*(import|from)\s+webdataset", path.read_text(), re.M), path
