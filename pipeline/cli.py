@@ -125,7 +125,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="python -m pipeline",
         description="Invert image representations: data, features, decoders, baselines, evaluation.",
     )
-    parser.add_argument("--version", action="version", version=f"repinvert {__version__} (python -m pipeline)")
+    parser.add_argument("--version", action="version", version=f"repinvert {__version__} (python -m pipeline)",
+                        help="print the distribution name and version, then exit")
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error (default: one line on stderr, exit code 2)")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
