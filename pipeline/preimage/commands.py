@@ -82,6 +82,15 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-stores", nargs="+", default=None, help="mask mode: output stores, one per input")
 
 
+def plain_layer_name(tap: str) -> str:
+    """A layer's name for a reader (grid labels): AlexNet's pre-ReLU taps ``conv5_raw`` ->
+    "conv5 (before ReLU)", ``fc8_raw`` -> "fc8" (AlexNet's last layer has no ReLU); others as given."""
+    base, sep, rest = str(tap).rpartition("_raw")
+    if not sep or rest or not base:
+        return str(tap)
+    return base if base == "fc8" else f"{base} (before ReLU)"
+
+
 def _pair(text: str | None, what: str):
     if text is None:
         return None
@@ -126,7 +135,7 @@ def _run_empty(args, params: dict) -> int:
             details={"mode": args.mode, "layers": layers, "runs": []},
         )
     if args.grid:
-        caption = args.caption or f"Natural pre-images ({args.mode}), {args.feature}"
+        caption = args.caption or f"Natural pre-images (Mahendran & Vedaldi 2016), {args.mode}: {args.feature}"
         image_grid(args.grid, [[None]], caption=f"{caption} (the shard {args.shard} holds no images)")
     print(f"{args.shard}: no images; wrote an empty result", file=sys.stderr)
     return 0
@@ -218,14 +227,15 @@ def run(args) -> int:
         )
         print(f"wrote {args.out}: {len(all_keys)} pre-images in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     if args.grid:
-        caption = args.caption or (f"Natural pre-images ({args.mode}), {args.feature}"
+        caption = args.caption or (f"Natural pre-images (Mahendran & Vedaldi 2016), {args.mode}: {args.feature}"
                                    + ("" if trained else ", random weights (untrained)"))
+        names = [plain_layer_name(t) for t in labels]
         if args.mode == "maximise":
-            rows, row_labels = grid_rows, labels
-            col_labels = [f"c{u}" for u in args.units]
+            rows, row_labels = grid_rows, names
+            col_labels = [f"channel {u}" for u in args.units]
         else:  # rows: images; columns: input, then each layer's result
             rows = [[images[i]] + [grid_rows[L][i] for L in range(len(layers))] for i in range(len(images))]
-            row_labels, col_labels = None, ["image"] + labels
+            row_labels, col_labels = None, ["Image"] + names
         image_grid(args.grid, rows, row_labels=row_labels, col_labels=col_labels, caption=caption)
         print(f"wrote {args.grid}", file=sys.stderr)
     return 0
