@@ -15,13 +15,13 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from pipeline.evaluation import figures
+from pipeline.evaluation import curves, figures
 from pipeline.evaluation.figures import FIGURE7_COLUMNS, figure7
 from pipeline.evaluation.metrics import compute_mean_image, images_nchw
 from pipeline.evaluation.perturbations import (
     HistogramSampler, TruncatedGaussianSampler, perturb,
 )
-from pipeline.evaluation.report import caption_text, weights_in, write_csv
+from pipeline.evaluation.report import caption_text, markdown_page, weights_in, write_csv
 from pipeline.evaluation.tables import (
     MV_TABLE1_COLUMNS, TABLE2_COLUMNS, _feature_module, compute_features,
     mv_table1, render_mv_table1_md, render_table2_md, table2,
@@ -93,6 +93,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     q.add_argument("--norm-max-images", type=positive_int, help="estimate N from a random subset of this many images")
     q.add_argument("--out", default="results/table2.csv", help="CSV path; the .md is written beside it")
     q.add_argument("--md", help="Markdown path (default: --out with .md)")
+    q.add_argument("--html", help="optional HTML page of the table and the checks (for the Snakemake report)")
     q.add_argument("--per-image", help="optional CSV of per-image errors, PSNR and SSIM")
 
     q = sub.add_parser("mv-table1", help="Mahendran & Vedaldi 2015, Table 1: feature-space errors of inversions")
@@ -107,6 +108,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     q.add_argument("--batch-size", type=positive_int, default=32, help="images per feature batch")
     q.add_argument("--out", default="results/mv_table1.csv", help="CSV path; the .md is written beside it")
     q.add_argument("--md", help="Markdown path (default: --out with .md)")
+    q.add_argument("--html", help="optional HTML page of the table (for the Snakemake report)")
 
     q = sub.add_parser("figure7", help="Dosovitskiy & Brox 2016, Figure 7: error per AlexNet layer")
     common(q)
@@ -158,6 +160,23 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="random feature vectors from per-dimension histograms or a truncated Gaussian")
     q.add_argument("--contrast", type=float, help="alpha (default 2 for histogram, 1 for gaussian)")
     q.add_argument("--reference", type=positive_int, default=4096, help="reference images for fitting (paper: 4096)")
+
+    q = sub.add_parser("training-curves", help="Dosovitskiy & Brox 2016 decoders: training loss against the step")
+    q.add_argument("--run", action="append", required=True, metavar="LABEL=METRICS",
+                   help="a decoder's metrics.csv (or its folder) and its legend label (repeatable, in order)")
+    _caption_args(q)
+
+    q = sub.add_parser("mv-energy", help="Mahendran & Vedaldi 2015 inversions: energy against the iteration")
+    q.add_argument("--run", action="append", required=True, metavar="LABEL=LOG[,LOG...]",
+                   help="per-iteration logs (invert-mv --log) of one representation and its label (repeatable)")
+    _caption_args(q)
+
+
+def _caption_args(q) -> None:
+    q.add_argument("--out", required=True, help="PNG path (a PDF is written beside it)")
+    q.add_argument("--dataset", default="", help="dataset name for the caption")
+    q.add_argument("--weights", help="AlexNet weights for the caption ('random' -> untrained)")
+    q.add_argument("--caption", default="", help="extra caption text")
 
 
 def _figure_model_args(q, per_layer: bool = False) -> None:
@@ -215,7 +234,10 @@ def run_table2(args) -> int:
     caption = _caption(args)
     write_csv(args.out, records, TABLE2_COLUMNS)
     write_caption_sidecar(args.out, caption)
-    write_text(args.md or _md_path(args), render_table2_md(records, caption))
+    md = render_table2_md(records, caption)
+    write_text(args.md or _md_path(args), md)
+    if args.html:
+        write_text(args.html, markdown_page(md, "Table 2 (Dosovitskiy & Brox 2016)"))
     if per_image is not None:
         write_csv(args.per_image, per_image, ("row", "key", "error", "psnr", "ssim"))
     for r in records:
@@ -266,7 +288,10 @@ def run_mv_table1(args) -> int:
     caption = _caption(args)
     write_csv(args.out, records, MV_TABLE1_COLUMNS)
     write_caption_sidecar(args.out, caption)
-    write_text(args.md or _md_path(args), render_mv_table1_md(records, caption))
+    md = render_mv_table1_md(records, caption)
+    write_text(args.md or _md_path(args), md)
+    if args.html:
+        write_text(args.html, markdown_page(md, "Table 1 (Mahendran & Vedaldi 2015)"))
     for r in records:
         print(f"{r['name']}: {r['error_pct_mean']:.2f}% ± {r['error_pct_std']:.2f} (paper {r['paper_error_pct']}%)")
     return 0
@@ -457,8 +482,32 @@ def run_fig11(args) -> int:
     return 0
 
 
+def run_training_curves(args) -> int:
+    runs = {}
+    for it in args.run:
+        label, paths = _parse_assign(it, "--run")
+        runs[label] = curves.read_training_metrics(paths[0])
+    caption = caption_text(args.dataset, args.weights, args.caption)
+    caption = f"Training loss of the decoders (Dosovitskiy & Brox 2016). {caption}".strip()
+    curves.plot_training_curves(args.out, runs, caption=caption)
+    print(f"wrote {args.out}: {len(runs)} decoders")
+    return 0
+
+
+def run_mv_energy(args) -> int:
+    runs = {}
+    for it in args.run:
+        label, paths = _parse_assign(it, "--run")
+        runs[label] = curves.read_inversion_logs(paths)
+    caption = caption_text(args.dataset, args.weights, args.caption)
+    caption = f"Energy of the Mahendran & Vedaldi 2015 inversions. {caption}".strip()
+    curves.plot_mv_energy(args.out, runs, caption=caption)
+    print(f"wrote {args.out}: {len(runs)} representations")
+    return 0
+
+
 _RUNNERS: dict[str, Callable] = {
     "table2": run_table2, "mv-table1": run_mv_table1, "figure7": run_figure7, "grid": run_grid,
     "mean-image": run_mean_image, "perturb": run_perturb, "fig8": run_fig8, "fig9": run_fig9,
-    "fig10": run_fig10, "fig11": run_fig11,
+    "fig10": run_fig10, "fig11": run_fig11, "training-curves": run_training_curves, "mv-energy": run_mv_energy,
 }

@@ -26,7 +26,13 @@ rule preimage_gallery:
         images=lambda w: shard_paths(config["alexnet"]["image_size"], "val")[0],
     output:
         store="results/preimage/{mode}.h5",
-        grid=report("results/figures/preimage_{mode}.png", category="Figures", caption="../report/preimage.rst"),
+        grid=report(
+            "results/figures/preimage_{mode}.png",
+            caption="../report/preimage.rst",
+            category=MV2016,
+            subcategory="Natural pre-images",
+            labels=lambda w: {"gallery": PREIMAGE_SHOWS[w.mode]},
+        ),
     wildcard_constraints:
         mode="maximise|caricature|invert",
     params:
