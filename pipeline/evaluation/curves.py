@@ -79,7 +79,7 @@ def plot_training_curves(path, runs: Mapping[str, Mapping[str, np.ndarray]], *, 
         ax.plot(m["step"], m["loss"], label=label, mfc="none" if i % 2 else None, **style)
     _log_scale_if_wide(ax, [v for m in runs.values() for v in m["loss"]])
     ax.set_xlabel("training step")
-    ax.set_ylabel("training loss (mean over the steps since the last row)")
+    ax.set_ylabel("training loss (mean squared error)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     save_figure(fig, path, caption)

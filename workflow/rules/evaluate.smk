@@ -194,7 +194,7 @@ rule training_curves:
         which="shallow|alexnet",
     params:
         runs=lambda w: labelled_args("--run", ((k, [v]) for k, v in training_runs(w.which).items())),
-        settings=as_json(caption_settings(stats=False)),
+        settings=lambda w: as_json(caption_settings(stats=False, alexnet=w.which == "alexnet")),
     log:
         "logs/training_curves/{which}.log",
     benchmark:
@@ -221,10 +221,7 @@ rule mv_energy:
         which="shallow|alexnet",
     params:
         runs=lambda w: labelled_args("--run", mv_runs(w.which).items()),
-        # the shallow inversions use no AlexNet: no weights in their caption (null: left out)
-        settings=lambda w: as_json(
-            dict(caption_settings(stats=False), **({} if w.which == "alexnet" else {"weights": None}))
-        ),
+        settings=lambda w: as_json(caption_settings(stats=False, alexnet=w.which == "alexnet")),
     log:
         "logs/mv_energy/{which}.log",
     benchmark:

@@ -18,10 +18,12 @@ def labelled_args(option, items):
     return " ".join(f"{option} {shlex.quote(label + '=' + ','.join(paths))}" for label, paths in items)
 
 
-def caption_settings(stats=True):
-    """Dataset and weights for captions; with ``stats`` the interval method, seed, image subset."""
+def caption_settings(stats=True, alexnet=True):
+    """Dataset and weights for captions (without ``alexnet``, for what uses no AlexNet, the
+    weights are null: left out); with ``stats`` the interval method, seed, image subset."""
     a = config["alexnet"]
-    settings = {"dataset": config["dataset"]["name"], "weights": a["weights"] if a["layers"] else "none"}
+    weights = (a["weights"] if a["layers"] else "none") if alexnet else None
+    settings = {"dataset": config["dataset"]["name"], "weights": weights}
     if stats:
         settings.update(pick(config["evaluation"], "ci", "max_images"), seed=config["seed"])
     return settings
