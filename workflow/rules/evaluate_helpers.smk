@@ -15,7 +15,8 @@ def recon(method, rep):
 def labelled_args(option, items):
     """``--option LABEL=STORE,...`` for every (label, stores), each value one shell word
     (labels such as 'HOG⁻¹ [Mahendran & Vedaldi]' hold spaces and '&')."""
-    return " ".join(f"{option} {shlex.quote(label + '=' + ','.join(paths))}" for label, paths in items)
+    words = (shlex.quote(f"{label}={','.join(paths)}") for label, paths in items)
+    return " ".join(f"{option} {w}" for w in words)
 
 
 def caption_settings(stats=True, alexnet=True):
