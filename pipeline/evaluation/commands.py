@@ -127,12 +127,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     q.add_argument("--keys", nargs="+", help="image keys to show (default: the first --count)")
     q.add_argument("--out", required=True, help="PNG path")
 
-    q = sub.add_parser("mean-image", help="mean image of shards -> .npy (for the Table 2 floor)")
+    q = sub.add_parser("mean-image",
+                       help="mean image of shards -> .npy (the floor of Dosovitskiy & Brox 2016, Table 2)")
     q.add_argument("--shards", nargs="+", required=True, help="image shards whose images are averaged")
     q.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), help="resize images to H W first")
     q.add_argument("--out", required=True, help=".npy path")
 
-    q = sub.add_parser("perturb", help="perturb feature stores (binarise, dropout, ...) for Figures 7 and 9")
+    q = sub.add_parser("perturb",
+                       help="perturb feature stores (binarise, dropout, ...): Dosovitskiy & Brox 2016, Figures 7 and 9")
     q.add_argument("--features", nargs="+", required=True, metavar="STORE", help="feature stores to perturb")
     q.add_argument("--kind", required=True, choices=FEATURE_TRANSFORMS,
                    help="the perturbation (Dosovitskiy & Brox 2016, section 5.2)")
