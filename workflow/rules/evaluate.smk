@@ -188,7 +188,7 @@ rule training_curves:
             caption="../report/training_curves.rst",
             category=DB2016,
             subcategory="Training curves",
-            labels=lambda w: {"decoders": CURVE_SETS[w.which]},
+            labels=lambda w: {"decoders": TRAINING_SETS[w.which]},
         ),
     wildcard_constraints:
         which="shallow|alexnet",
@@ -215,7 +215,7 @@ rule mv_energy:
             caption="../report/mv_energy.rst",
             category=MV2015,
             subcategory="Energy",
-            labels=lambda w: {"inversions": CURVE_SETS[w.which]},
+            labels=lambda w: {"inversions": ENERGY_SETS[w.which]},
         ),
     wildcard_constraints:
         which="shallow|alexnet",

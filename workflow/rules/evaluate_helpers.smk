@@ -117,9 +117,10 @@ ALEXNET_FIGURES = {
     "fig11": "Figure 11: images from random feature vectors",
 }
 #: what each set of curves holds (report labels)
-CURVE_SETS = {
-    "shallow": "shallow features (Table 2 / Table 1)",
-    "alexnet": "AlexNet layers (Figure 7)",
+TRAINING_SETS = {"shallow": "shallow features (Table 2)", "alexnet": "AlexNet layers (Figure 7)"}
+ENERGY_SETS = {
+    "shallow": "shallow features (Table 1)",
+    "alexnet": "AlexNet layers (Figure 7 of Dosovitskiy & Brox 2016)",
 }
 
 
