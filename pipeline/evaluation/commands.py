@@ -484,32 +484,16 @@ def run_fig11(args) -> int:
     return 0
 
 
-def run_training_curves(args) -> int:
-    runs = {}
-    for it in args.run:
-        label, paths = _parse_assign(it, "--run")
-        runs[label] = curves.read_training_metrics(paths[0])
-    caption = caption_text(args.dataset, args.weights, args.caption)
-    caption = f"Training loss of the decoders (Dosovitskiy & Brox 2016). {caption}".strip()
-    curves.plot_training_curves(args.out, runs, caption=caption)
-    print(f"wrote {args.out}: {len(runs)} decoders")
-    return 0
-
-
-def run_mv_energy(args) -> int:
-    runs = {}
-    for it in args.run:
-        label, paths = _parse_assign(it, "--run")
-        runs[label] = curves.read_inversion_logs(paths)
-    caption = caption_text(args.dataset, args.weights, args.caption)
-    caption = f"Energy of the Mahendran & Vedaldi 2015 inversions. {caption}".strip()
-    curves.plot_mv_energy(args.out, runs, caption=caption)
-    print(f"wrote {args.out}: {len(runs)} representations")
+def run_curves(args) -> int:
+    """``training-curves`` and ``mv-energy``: read and drawn by :mod:`pipeline.evaluation.curves`."""
+    runs = dict(_parse_assign(it, "--run") for it in args.run)
+    what = curves.FIGURES[args.what](args.out, runs, caption_text(args.dataset, args.weights, args.caption))
+    print(f"wrote {args.out}: {what}")
     return 0
 
 
 _RUNNERS: dict[str, Callable] = {
     "table2": run_table2, "mv-table1": run_mv_table1, "figure7": run_figure7, "grid": run_grid,
     "mean-image": run_mean_image, "perturb": run_perturb, "fig8": run_fig8, "fig9": run_fig9,
-    "fig10": run_fig10, "fig11": run_fig11, "training-curves": run_training_curves, "mv-energy": run_mv_energy,
+    "fig10": run_fig10, "fig11": run_fig11, "training-curves": run_curves, "mv-energy": run_curves,
 }

@@ -140,3 +140,26 @@ def plot_mv_energy(path, runs: Mapping[str, Mapping[str, np.ndarray]], *, captio
         ax.grid(alpha=0.3)
     ax_e.legend(fontsize=7)
     save_figure(fig, path, caption)
+
+
+# --------------------------------------------------------------------------- the figures
+
+
+def training_curves_figure(path, runs: Mapping[str, list], caption: str = "") -> str:
+    """``evaluate training-curves``: label -> [metrics.csv or its folder] -> the figure at ``path``."""
+    data = {label: read_training_metrics(paths[0]) for label, paths in runs.items()}
+    caption = f"Training loss of the decoders (Dosovitskiy & Brox 2016). {caption}".strip()
+    plot_training_curves(path, data, caption=caption)
+    return f"{len(data)} decoders"
+
+
+def mv_energy_figure(path, runs: Mapping[str, list], caption: str = "") -> str:
+    """``evaluate mv-energy``: label -> per-iteration logs of one representation -> the figure at ``path``."""
+    data = {label: read_inversion_logs(paths) for label, paths in runs.items()}
+    caption = f"Energy of the Mahendran & Vedaldi 2015 inversions. {caption}".strip()
+    plot_mv_energy(path, data, caption=caption)
+    return f"{len(data)} representations"
+
+
+#: subcommand -> figure writer
+FIGURES = {"training-curves": training_curves_figure, "mv-energy": mv_energy_figure}
