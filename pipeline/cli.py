@@ -25,12 +25,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "manifest": ("pipeline.data.commands", "merge per-shard manifests of a split"),
     "extract": ("pipeline.features.extract", "compute one feature store for one image shard"),
     "store": ("pipeline.features.extract", "inspect feature stores (store info PATH)"),
-    "train": ("pipeline.decoders.training", "train an up-convolutional decoder"),
+    "train": ("pipeline.decoders.training", "train an up-convolutional decoder (Dosovitskiy & Brox 2016)"),
     "reconstruct": ("pipeline.decoders.reconstruct", "reconstruct validation images with a trained decoder"),
-    "invert-mv": ("pipeline.baselines.mv", "Mahendran & Vedaldi optimisation inversion"),
-    "invert-hoggles": ("pipeline.baselines.hoggles_cli", "HOGgles paired-dictionary inversion"),
-    "preimage": ("pipeline.preimage.commands", "natural pre-images: invert, maximise, caricature"),
-    "evaluate": ("pipeline.evaluation.commands", "metrics, tables and figures"),
+    "invert-mv": ("pipeline.baselines.mv", "optimisation inversion (Mahendran & Vedaldi 2015)"),
+    "invert-hoggles": ("pipeline.baselines.hoggles_cli", "HOGgles paired-dictionary inversion (Vondrick et al. 2013)"),
+    "preimage": ("pipeline.preimage.commands",
+                 "natural pre-images (Mahendran & Vedaldi 2016): invert, maximise, caricature"),
+    "evaluate": ("pipeline.evaluation.commands", "the papers' tables and figures, training curves, M&V energy"),
     "bench": ("pipeline.bench", "benchmarks: data, features, train, invert"),
 }
 
@@ -125,7 +126,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="python -m pipeline",
         description="Invert image representations: data, features, decoders, baselines, evaluation.",
     )
-    parser.add_argument("--version", action="version", version=f"repinvert {__version__} (python -m pipeline)")
+    parser.add_argument("--version", action="version", version=f"repinvert {__version__} (python -m pipeline)",
+                        help="print the distribution name and version, then exit")
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error (default: one line on stderr, exit code 2)")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)

@@ -53,15 +53,22 @@ def side_by_side(*images) -> np.ndarray:
 
 def save_figure(fig, path, caption: str) -> None:
     """Write a matplotlib figure as PNG, and as PDF beside it (same name, ``.pdf``),
-    with ``caption`` as its title and in ``<path>.caption.txt``."""
+    with ``caption`` as its title and in ``<path>.caption.txt``.  The caption is
+    wrapped to the figure's width and sits above everything else in it."""
     if caption:
-        fig.suptitle("\n".join(textwrap.wrap(caption, 110)), fontsize=8)
+        width = max(40, int(fig.get_figwidth() * 15))  # characters of 8 pt text per line
+        fig.suptitle("\n".join(textwrap.wrap(caption, width)), fontsize=8, y=1.0, va="bottom")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight")
     with atomic_path(Path(path).with_suffix(".pdf")) as tmp:
         fig.savefig(tmp, format="pdf", bbox_inches="tight")
     plt.close(fig)
     write_caption_sidecar(path, caption)
+
+
+def _fit(label, cell: float) -> str:
+    """A column label wrapped to the width of a ``cell``-inch column (8 pt text)."""
+    return "\n".join(textwrap.wrap(str(label), max(6, int(cell * 12)), break_long_words=False)) or str(label)
 
 
 def image_grid(path, rows: Sequence[Sequence], *, row_labels: Sequence[str] | None = None,
@@ -85,7 +92,10 @@ def image_grid(path, rows: Sequence[Sequence], *, row_labels: Sequence[str] | No
             raise ValueError("image_grid: a pixel grid (gap) has no labels or caption")
         _pixel_grid(path, rows, n_cols, gap, gap if col_gap is None else col_gap)
         return
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols + (0.8 if row_labels else 0), cell * n_rows + 0.6),
+    titles = [_fit(c, cell) for c in col_labels or []]
+    head = 0.1 + 0.14 * max((t.count("\n") + 1 for t in titles), default=0)  # inches above the first row
+    height = cell * n_rows + 0.3 + head
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols + (0.8 if row_labels else 0), height),
                              dpi=dpi, squeeze=False)
     for i in range(n_rows):
         for j in range(n_cols):
@@ -97,11 +107,11 @@ def image_grid(path, rows: Sequence[Sequence], *, row_labels: Sequence[str] | No
             im = rows[i][j] if j < len(rows[i]) else None
             if im is not None:
                 ax.imshow(to_uint8_hwc(im), interpolation="nearest")
-            if i == 0 and col_labels is not None and j < len(col_labels):
-                ax.set_title(col_labels[j], fontsize=8)
+            if i == 0 and j < len(titles):
+                ax.set_title(titles[j], fontsize=8)
             if j == 0 and row_labels is not None and i < len(row_labels):
                 ax.set_ylabel(row_labels[i], fontsize=8, rotation=0, ha="right", va="center")
-    fig.subplots_adjust(wspace=0.04, hspace=0.08)
+    fig.subplots_adjust(wspace=0.04, hspace=0.08, top=1 - head / height, bottom=0.3 / height)
     save_figure(fig, path, caption)
 
 

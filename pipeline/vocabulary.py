@@ -16,6 +16,14 @@ and ``ours-{kind}`` / ``autoencoder-{kind}`` for features perturbed by
 """
 from __future__ import annotations
 
+#: The papers, by the short names that tables, captions and the report's
+#: categories use -> their titles.
+PAPERS: dict[str, str] = {
+    "Dosovitskiy & Brox 2016": "Inverting visual representations with convolutional networks (CVPR 2016)",
+    "Mahendran & Vedaldi 2015": "Understanding deep image representations by inverting them (CVPR 2015)",
+    "Mahendran & Vedaldi 2016": "Visualizing deep convolutional neural networks using natural pre-images (IJCV 2016)",
+}
+
 #: AlexNet's layers in network order (the paper's names; Figure 7's x axis).
 ALEXNET_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 

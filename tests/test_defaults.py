@@ -45,6 +45,8 @@ MAPPED: dict[tuple[str, ...], dict[str, str]] = {
     ("evaluate", "figure7"): STATS,
     ("evaluate", "grid"): {**STATS, "count": "evaluation.grid_count"},
     **{("evaluate", fig): {"seed": "seed"} for fig in ("fig8", "fig10", "fig11")},
+    ("evaluate", "training-curves"): {},
+    ("evaluate", "mv-energy"): {},
 }
 #: settings that label a figure or table rather than set how it is computed: by hand
 #: they default to "not named" (the schema's dataset.name 'sample' and alexnet.weights

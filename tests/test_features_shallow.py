@@ -454,3 +454,26 @@ def test_lbp_default_packed_path_equals_complex_path(cell):
         a = lbp_histograms(g, cell).double()
         b = lbp_histograms(g, cell, use_complex=True).double()
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_sift_warns_once_when_it_falls_back_to_opencv(monkeypatch):
+    import warnings
+
+    from pipeline.features import sift as sift_module
+
+    monkeypatch.setattr(sift_module.vlfeat, "available", lambda: False)
+    monkeypatch.setattr(sift_module.vlfeat, "unavailable_reason", lambda: "libvl.so not found")
+    monkeypatch.setattr(sift_module, "_warned_opencv_fallback", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = get_feature("sift")
+        second = get_feature("sift")
+    fallback = [w for w in caught if "OpenCV" in str(w.message)]
+    assert first.params["backend"] == second.params["backend"] == "opencv"
+    assert len(fallback) == 1 and issubclass(fallback[0].category, RuntimeWarning)
+    assert "libvl.so not found" in str(fallback[0].message)
+    with warnings.catch_warnings(record=True) as caught:  # an explicit backend is a choice: no warning
+        warnings.simplefilter("always")
+        monkeypatch.setattr(sift_module, "_warned_opencv_fallback", False)
+        get_feature("sift", backend="opencv")
+    assert not caught

@@ -55,3 +55,31 @@ def test_user_errors_are_one_line_with_exit_code_2_and_debug_shows_the_traceback
     r = subprocess.run([sys.executable, "-m", "pipeline", "--debug", "store", "info", missing], capture_output=True,
                        text=True, cwd=REPO)
     assert r.returncode == 1 and "Traceback" in r.stderr
+
+
+def test_webdataset_is_a_test_dependency_only():
+    """The package reads its shards with tarfile; webdataset checks in the tests that they stay readable by it."""
+    runtime = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
+    assert "webdataset" not in runtime
+    assert "webdataset" in {_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["test"]}
+    env = (REPO / "envs/pipeline.yaml").read_text()
+    assert "webdataset" not in env
+    for path in (REPO / "pipeline").rglob("*.py"):
+        assert not re.search(r"^\s*(import|from)\s+webdataset", path.read_text(), re.M), path
+
+
+def test_every_command_line_option_has_help():
+    """Every ``add_argument`` in the package (commands, subcommands, benchmarks) says what the option does."""
+    import ast
+
+    missing = []
+    for path in sorted((REPO / "pipeline").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument"
+                    and not any(k.arg == "help" for k in node.keywords)):
+                missing.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not missing, missing
+    # --help shows them, with the defaults
+    out = subprocess.run([sys.executable, "-m", "pipeline", "train", "--help"], capture_output=True, text=True,
+                         cwd=REPO, check=True).stdout
+    assert "Adam's beta1" in " ".join(out.split()) and "(default: 0.9)" in out

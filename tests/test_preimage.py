@@ -237,3 +237,18 @@ def test_cli_maximise_writes_a_store_and_a_grid_over_layers(tmp_path):
     with pytest.raises(SystemExit, match="units"):
         main(["preimage", "--mode", "maximise", "--feature", "torch", "--params", json.dumps({"model": MODEL}),
               "--out", str(store)])
+
+
+def test_grids_name_layers_and_channels_plainly(tmp_path, monkeypatch):
+    from pipeline.preimage import commands
+
+    assert commands.plain_layer_name("conv5_raw") == "conv5 (before ReLU)"
+    assert commands.plain_layer_name("fc8_raw") == "fc8"
+    assert commands.plain_layer_name("features.2") == "features.2"
+    assert commands.plain_layer_name("x_rawest") == "x_rawest"
+    seen = {}
+    monkeypatch.setattr(commands, "image_grid", lambda path, rows, **kw: seen.update(kw))
+    assert main(["preimage", "--mode", "maximise", "--feature", "torch", "--params", json.dumps({"model": MODEL}),
+                 "--layers", "features.0", "--units", "0", "3", "--size", str(SIZE), "--iterations", "2",
+                 "--grid", str(tmp_path / "g.png"), "--threads", "1"]) == 0
+    assert seen["col_labels"] == ["channel 0", "channel 3"] and seen["row_labels"] == ["features.0"]

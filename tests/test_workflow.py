@@ -1,10 +1,15 @@
 """The Snakemake workflow: config validation, dry runs, and a real data stage."""
 from __future__ import annotations
 
+import base64
+import csv
+import io
 import json
+import re
 import shlex
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -35,6 +40,13 @@ def option(line: str, name: str) -> str:
 def settings(line: str) -> dict:
     """The ``--settings`` object of a printed shell command."""
     return json.loads(option(line, "--settings"))
+
+
+def report_files(report_html: str) -> dict[str, bytes]:
+    """File name -> contents of the results a self-contained Snakemake report embeds
+    (as base64 data URIs)."""
+    found = re.findall(r"data:[^;\"]+;charset=[^;\"]+;filename=([^;\"]+);base64,([A-Za-z0-9+/=]+)", report_html)
+    return {name: base64.b64decode(data) for name, data in found}
 
 
 def job_counts(stdout: str) -> dict[str, int]:
@@ -216,6 +228,25 @@ def test_end_to_end_table2_and_report_on_the_test_config(tmp_path):
         snakemake(tmp_path, "results/table2.csv", "-n", "-f", "--cores", "1", "--configfile", str(TEST_CONFIG)).stdout
     )
     assert counts == {"table2": 1, "total": 1}
-    # the HTML report holds the table
-    snakemake(tmp_path, "results/table2.csv", "--report", "results/report.html", "--configfile", str(TEST_CONFIG))
-    assert (tmp_path / "results/report.html").stat().st_size > 10000
+    # The report, right after the main command, for what it built (the README's command):
+    # Table 2 as a table with the paper's values and the checks, its CSV, the training curves.
+    snakemake(tmp_path, "--report", "results/report.html", "results/table2.csv", "--configfile", str(TEST_CONFIG))
+    report = (tmp_path / "results/report.html").read_text(encoding="utf-8")
+    files = report_files(report)
+    assert {"table2.html", "table2.csv", "training_curves_shallow.png"} <= set(files)
+    assert not {"figure7.png", "grid_shallow.png", "mv_table1.html"} & set(files)  # not built: left out
+    page = files["table2.html"].decode()
+    for row in csv.DictReader(io.StringIO(table)):
+        assert f"<td>{row['name']}</td><td>{float(row['error_mean']):.3f}</td>" in page.replace("&amp;", "&")
+        if row["paper_error"]:
+            assert f"<td>{float(row['paper_error']):.2f}</td>" in page
+    assert "Checks against the paper's claims" in page and files["table2.csv"].decode() == table
+    categories = json.loads(re.search(r"var categories = (.*);", report).group(1))
+    assert categories == {"Dosovitskiy & Brox 2016": {
+        "Table 2": ["results/table2.csv", "results/table2.html"],
+        "Training curves": ["results/figures/training_curves_shallow.png"]}}
+    # the same as a zip of the report and its files
+    snakemake(tmp_path, "--report", "results/report.zip", "results/table2.csv", "--configfile", str(TEST_CONFIG))
+    with zipfile.ZipFile(tmp_path / "results/report.zip") as z:
+        name = next(n for n in z.namelist() if n.endswith("/table2.html"))
+        assert z.read(name) == files["table2.html"]

@@ -25,8 +25,9 @@ def bench_invert(argv: list[str]) -> int:
     """Seconds per image of M&V inversion at 227x227 (AlexNet conv3, HOG), batch 1 vs 32."""
     p = argparse.ArgumentParser(prog="python -m pipeline bench invert", description=bench_invert.__doc__)
     p.add_argument("--iterations", type=int, default=10, help="iterations timed (after 2 warm-up)")
-    p.add_argument("--size", type=int, default=REF_SIZE)
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--size", type=int, default=REF_SIZE, help="image side in pixels (the paper's 227)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 32],
+                   help="batch sizes to time (targets optimised together)")
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
     p.add_argument("--features", nargs="+", default=["alexnet:conv3", "hog"],
                    help="name or name:layer (AlexNet layer)")

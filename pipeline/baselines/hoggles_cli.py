@@ -50,16 +50,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     t.add_argument("--epochs", type=positive_int, default=10, help="passes of mini-batch dictionary learning")
     t.add_argument("--batch-size", type=positive_int, default=BATCH, help="mini-batch (ihog: 400)")
     t.add_argument("--max-images", type=positive_int, default=None, help="use only the first N images of each shard")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of the window sampling and the dictionary learning")
     t.add_argument("--threads", type=nonnegative_int, default=None, help="torch threads")
     i = sub.add_parser("invert", help="invert the HOG of image shards")
     i.add_argument("--dict", required=True, help="paired dictionary (.npz) from 'train'")
     i.add_argument("--shard", nargs="+", required=True, help="image shard(s) whose images are inverted")
     i.add_argument("--out", nargs="+", required=True, help="output HDF5 store per shard")
-    i.add_argument("--max-images", type=positive_int, default=None)
+    i.add_argument("--max-images", type=positive_int, default=None, help="invert only the first N images of each shard")
     i.add_argument("--batch-size", type=positive_int, default=8, help="images coded together")
-    i.add_argument("--pad", type=nonnegative_int, default=PAD_CELLS, help="zero cells padded around the HOG map (ihog: 5)")
-    i.add_argument("--solver", choices=("sklearn", "fista"), default="sklearn")
+    i.add_argument("--pad", type=nonnegative_int, default=PAD_CELLS,
+                   help="zero cells padded around the HOG map (ihog: 5)")
+    i.add_argument("--solver", choices=("sklearn", "fista"), default="sklearn",
+                   help="sparse coding: scikit-learn's LASSO, or FISTA in batched PyTorch")
     i.add_argument("--device", default="cpu", help="device of the fista solver and the representation")
 
 

@@ -261,16 +261,19 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lambda-alpha", type=float, default=LAMBDA_ALPHA, help="alpha-norm weight at 227x227")
     p.add_argument("--lambda-tv", type=float, default=None,
                    help="TV^beta weight at 227x227 (default: Mahendran & Vedaldi 2015's)")
-    p.add_argument("--alpha", type=float, default=ALPHA)
-    p.add_argument("--beta", type=float, default=BETA)
+    p.add_argument("--alpha", type=float, default=ALPHA,
+                   help="exponent of the alpha-norm regulariser (Mahendran & Vedaldi 2015: 6)")
+    p.add_argument("--beta", type=float, default=BETA,
+                   help="exponent of the total-variation regulariser (Mahendran & Vedaldi 2015: 2)")
     p.add_argument("--restarts", type=positive_int, default=1, help="random restarts per target (best kept)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="targets optimised together")
-    p.add_argument("--optimizer", choices=("momentum", "adam"), default="momentum")
+    p.add_argument("--optimizer", choices=("momentum", "adam"), default="momentum",
+                   help="gradient descent with momentum (the paper's) or Adam")
     p.add_argument("--clamp", type=nonnegative_float, default=CLAMP,
                    help="keep pixels within CLAMP*128 grey levels of the mean during the descent "
                         "(safeguard against the alpha-norm's step instability; 0: off)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:0, ... or auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (per target and restart)")
     p.add_argument("--max-images", type=positive_int, default=None, help="invert only the first N images of each shard")
     p.add_argument("--log-every", type=positive_int, default=1, help="log every k-th iteration")
     p.add_argument("--channels", choices=("auto", "1", "3"), default="auto",

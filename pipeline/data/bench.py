@@ -17,9 +17,10 @@ from pipeline.data.shards import encode_image
 def bench_data(argv: list[str]) -> int:
     """Images/s per core for decode + resize + crop + encode on ImageNet-sized JPEGs."""
     p = argparse.ArgumentParser(prog="python -m pipeline bench data")
-    p.add_argument("--images", type=int, default=200)
-    p.add_argument("--size", type=int, nargs="+", default=[256, 227, 128, 64], help="output sides (256 HOG/SIFT/LBP, 227 AlexNet)")
-    p.add_argument("--format", default="jpg", choices=["png", "jpg"])
+    p.add_argument("--images", type=int, default=200, help="number of synthetic ImageNet-sized JPEGs to time")
+    p.add_argument("--size", type=int, nargs="+", default=[256, 227, 128, 64],
+                   help="output sides (256 HOG/SIFT/LBP, 227 AlexNet)")
+    p.add_argument("--format", default="jpg", choices=["png", "jpg"], help="encoding of the output images")
     args = p.parse_args(argv)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:

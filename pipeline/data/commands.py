@@ -129,8 +129,8 @@ def merge_manifests(paths: list[str], out) -> dict:
 
 def configure_list_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="the config's 'dataset' section as JSON")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", required=True, choices=SPLITS)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split's order and subsets")
+    p.add_argument("--split", required=True, choices=SPLITS, help="which split to list")
     p.add_argument("--out", required=True, help="index JSON to write")
 
 
@@ -167,10 +167,10 @@ def run_list(args) -> int:
 
 def configure_shard_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", required=True, help="index JSON written by list-images")
-    p.add_argument("--shard", type=nonnegative_int, required=True)
-    p.add_argument("--n-shards", type=positive_int, required=True)
+    p.add_argument("--shard", type=nonnegative_int, required=True, help="index of the shard to write (0-based)")
+    p.add_argument("--n-shards", type=positive_int, required=True, help="number of shards the split is cut into")
     p.add_argument("--size", type=positive_int, required=True, help="side of the square output images")
-    p.add_argument("--format", default="png", choices=["png", "jpg"])
+    p.add_argument("--format", default="png", choices=["png", "jpg"], help="encoding of the images in the shard")
     p.add_argument("--out", required=True, help="tar shard to write")
     p.add_argument("--manifest", required=True, help="per-shard manifest JSON to write")
 
@@ -190,7 +190,7 @@ def run_shard(args) -> int:
 
 
 def configure_manifest_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="merged manifest JSON to write")
     p.add_argument("manifests", nargs="+", help="per-shard manifests, in shard order")
 
 

@@ -5,7 +5,9 @@ keys): ``<key>.png`` (or ``.jpg``), ``<key>.json`` (source and size) and, when
 the class is known, ``<key>.cls`` (the integer label as text).  Members have a
 fixed mtime, owner and mode, and keep the order they were written in, so the
 same inputs always give byte-identical shards.  They can be read with
-``webdataset.WebDataset`` or with :func:`read_shard` (plain ``tarfile``).
+``webdataset.WebDataset`` (the tests check it; ``webdataset`` is a test
+dependency) or with :func:`read_shard`, which the package uses: plain
+``tarfile``, streaming the members in order, with the checks below.
 
 Reading checks that a shard is whole: a tar cut short (no end-of-archive
 block after its last member) or a member that does not decode raises a

@@ -38,13 +38,13 @@ def bench_train(argv: list[str]) -> int:
     """Training images/s and inference ms/image of decoders, CPU and GPU when present."""
     p = argparse.ArgumentParser(prog="python -m pipeline bench train", description=bench_train.__doc__)
     p.add_argument("--size", type=int, default=64, help="image size")
-    p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--kinds", nargs="+", default=["hog", "fc"], choices=KINDS)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier (1.0 = the paper's decoders)")
+    p.add_argument("--kinds", nargs="+", default=["hog", "fc"], choices=KINDS, help="decoder architectures to time")
+    p.add_argument("--batch-size", type=int, default=64, help="images per training step")
     p.add_argument("--steps", type=int, default=5, help="timed training steps")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

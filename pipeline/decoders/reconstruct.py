@@ -63,9 +63,9 @@ def configure_reconstruct_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid-count", type=positive_int, default=16, help="pairs in the grid")
     p.add_argument("--grid-cols", type=positive_int, default=4, help="pairs per grid row")
     p.add_argument("--size", type=positive_int, help="reconstruction size (default: each image's size)")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=nonnegative_int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images decoded together")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=nonnegative_int, default=0, help="torch CPU threads (0: torch's default)")
 
 
 def run_reconstruct(args) -> int:

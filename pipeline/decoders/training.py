@@ -111,15 +111,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=positive_float, default=15.0, help="passes over the data (default 15)")
     g.add_argument("--steps", type=positive_int, help="optimisation steps (overrides --epochs)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="global mini-batch (paper: 64)")
-    p.add_argument("--lr", type=positive_float, default=1e-3)
-    p.add_argument("--beta1", type=float, default=0.9)
-    p.add_argument("--beta2", type=float, default=0.999)
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam's learning rate (paper: 0.001)")
+    p.add_argument("--beta1", type=float, default=0.9, help="Adam's beta1 (paper: 0.9)")
+    p.add_argument("--beta2", type=float, default=0.999, help="Adam's beta2 (paper: 0.999)")
     p.add_argument("--lr-milestones", type=float, nargs="*", default=[0.6, 0.8, 0.9],
                    help="fractions of training after which the rate is multiplied by --lr-gamma")
-    p.add_argument("--lr-gamma", type=positive_float, default=0.5)
+    p.add_argument("--lr-gamma", type=positive_float, default=0.5,
+                   help="factor applied to the learning rate at each milestone")
     p.add_argument("--clip-grad", type=nonnegative_float, default=1.0,
                    help="clip the global gradient norm to this value (default 1.0; 0 disables, as in the paper)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the shuffling")
     p.add_argument("--shuffle-block", type=nonnegative_int, default=0,
                    help="0: global permutation per epoch; K: shuffle within groups of K shards")
     p.add_argument("--checkpoint-every", type=positive_int, default=1000, help="steps between checkpoints")
@@ -131,7 +132,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the decoder (CUDA)")
     p.add_argument("--threads", type=nonnegative_int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--workers", type=nonnegative_int, default=4, help="DataLoader workers (when not in memory)")
-    p.add_argument("--in-memory", default="auto", choices=("auto", "yes", "no"))
+    p.add_argument("--in-memory", default="auto", choices=("auto", "yes", "no"),
+                   help="decode all training images into memory first (auto: when they fit in the limit)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--restart-if-changed", action="store_true",
                    help="start over when the checkpoint comes from other settings or other data files "

@@ -22,8 +22,8 @@ def bench_evaluate(argv: list[str]) -> int:
     squared-error pass over the same data (the reference, measured here).
     """
     ap = argparse.ArgumentParser(prog="python -m pipeline bench evaluate")
-    ap.add_argument("--n", type=int, default=256)
-    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--n", type=int, default=256, help="number of synthetic images")
+    ap.add_argument("--size", type=int, default=64, help="image side in pixels")
     ap.add_argument("--rec-size", type=int, default=None, help="reconstruction size (default: --size / 2)")
     a = ap.parse_args(argv)
     rng = np.random.default_rng(0)

@@ -15,13 +15,13 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from pipeline.evaluation import figures
+from pipeline.evaluation import curves, figures
 from pipeline.evaluation.figures import FIGURE7_COLUMNS, figure7
 from pipeline.evaluation.metrics import compute_mean_image, images_nchw
 from pipeline.evaluation.perturbations import (
     HistogramSampler, TruncatedGaussianSampler, perturb,
 )
-from pipeline.evaluation.report import caption_text, weights_in, write_csv
+from pipeline.evaluation.report import caption_text, markdown_page, weights_in, write_csv
 from pipeline.evaluation.tables import (
     MV_TABLE1_COLUMNS, TABLE2_COLUMNS, _feature_module, compute_features,
     mv_table1, render_mv_table1_md, render_table2_md, table2,
@@ -93,6 +93,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     q.add_argument("--norm-max-images", type=positive_int, help="estimate N from a random subset of this many images")
     q.add_argument("--out", default="results/table2.csv", help="CSV path; the .md is written beside it")
     q.add_argument("--md", help="Markdown path (default: --out with .md)")
+    q.add_argument("--html", help="optional HTML page of the table and the checks (for the Snakemake report)")
     q.add_argument("--per-image", help="optional CSV of per-image errors, PSNR and SSIM")
 
     q = sub.add_parser("mv-table1", help="Mahendran & Vedaldi 2015, Table 1: feature-space errors of inversions")
@@ -103,17 +104,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="feature stores of the test images for a row (default: computed)")
     q.add_argument("--feature", action="append", metavar="ROW=NAME", help="representation override for a row")
     q.add_argument("--params", action="append", metavar="ROW=JSON", help="representation parameters for a row")
-    q.add_argument("--device", default="cpu")
-    q.add_argument("--batch-size", type=positive_int, default=32)
-    q.add_argument("--out", default="results/mv_table1.csv")
+    q.add_argument("--device", default="cpu", help="device that computes the features: cpu, cuda or cuda:N")
+    q.add_argument("--batch-size", type=positive_int, default=32, help="images per feature batch")
+    q.add_argument("--out", default="results/mv_table1.csv", help="CSV path; the .md is written beside it")
     q.add_argument("--md", help="Markdown path (default: --out with .md)")
+    q.add_argument("--html", help="optional HTML page of the table (for the Snakemake report)")
 
     q = sub.add_parser("figure7", help="Dosovitskiy & Brox 2016, Figure 7: error per AlexNet layer")
     common(q)
     q.add_argument("--point", action="append", metavar="CURVE:LAYER=STORE[,STORE...]",
                    help=f"reconstructions of one curve at one layer; curves e.g. {', '.join(FIGURE7_CURVES)}")
     q.add_argument("--label", action="append", metavar="CURVE=TEXT", help="legend label of a curve")
-    q.add_argument("--norm-max-images", type=positive_int)
+    q.add_argument("--norm-max-images", type=positive_int, help="estimate N from a random subset of this many images")
     q.add_argument("--out", default="results/figure7.csv", help="CSV path; the .png is written beside it")
     q.add_argument("--png", help="PNG path (default: --out with .png)")
 
@@ -125,39 +127,62 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     q.add_argument("--keys", nargs="+", help="image keys to show (default: the first --count)")
     q.add_argument("--out", required=True, help="PNG path")
 
-    q = sub.add_parser("mean-image", help="mean image of shards -> .npy (for the Table 2 floor)")
-    q.add_argument("--shards", nargs="+", required=True)
+    q = sub.add_parser("mean-image",
+                       help="mean image of shards -> .npy (the floor of Dosovitskiy & Brox 2016, Table 2)")
+    q.add_argument("--shards", nargs="+", required=True, help="image shards whose images are averaged")
     q.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), help="resize images to H W first")
     q.add_argument("--out", required=True, help=".npy path")
 
-    q = sub.add_parser("perturb", help="perturb feature stores (binarise, dropout, ...) for Figures 7 and 9")
-    q.add_argument("--features", nargs="+", required=True, metavar="STORE")
-    q.add_argument("--kind", required=True, choices=FEATURE_TRANSFORMS)
-    q.add_argument("--seed", type=int, default=0)
+    q = sub.add_parser("perturb",
+                       help="perturb feature stores (binarise, dropout, ...): Dosovitskiy & Brox 2016, Figures 7 and 9")
+    q.add_argument("--features", nargs="+", required=True, metavar="STORE", help="feature stores to perturb")
+    q.add_argument("--kind", required=True, choices=FEATURE_TRANSFORMS,
+                   help="the perturbation (Dosovitskiy & Brox 2016, section 5.2)")
+    q.add_argument("--seed", type=int, default=0, help="seed of random perturbations (dropout); store i uses seed + i")
     q.add_argument("--out", nargs="+", required=True, metavar="STORE", help="one output store per input")
 
     q = sub.add_parser("fig8", help="Dosovitskiy & Brox 2016, Figure 8: fc8 all / top-5 only / without top-5")
     _figure_model_args(q)
-    q.add_argument("--k", type=positive_int, default=5)
+    q.add_argument("--k", type=positive_int, default=5,
+                   help="number of largest fc8 activations kept or removed (the paper: 5)")
 
     q = sub.add_parser("fig9", help="Dosovitskiy & Brox 2016, Figure 9: reconstructions from perturbed features per layer")
     _figure_model_args(q, per_layer=True)
-    q.add_argument("--kinds", nargs="+", default=["none", "binarize", "drop50"], choices=FEATURE_TRANSFORMS)
+    q.add_argument("--kinds", nargs="+", default=["none", "binarize", "drop50"], choices=FEATURE_TRANSFORMS,
+                   help="feature perturbations, one row each")
 
     q = sub.add_parser("fig10", help="Dosovitskiy & Brox 2016, Figure 10: interpolation between two images' features")
     _figure_model_args(q, per_layer=True)
     q.add_argument("--pair", nargs=2, metavar=("KEY_A", "KEY_B"), help="the two image keys (default: first two)")
-    q.add_argument("--steps", type=positive_int, default=8)
+    q.add_argument("--steps", type=positive_int, default=8, help="interpolation steps between the two images")
 
     q = sub.add_parser("fig11", help="Dosovitskiy & Brox 2016, Figure 11: images from random feature vectors")
     _figure_model_args(q, per_layer=True)
-    q.add_argument("--sampler", choices=("histogram", "gaussian"), default="histogram")
+    q.add_argument("--sampler", choices=("histogram", "gaussian"), default="histogram",
+                   help="random feature vectors from per-dimension histograms or a truncated Gaussian")
     q.add_argument("--contrast", type=float, help="alpha (default 2 for histogram, 1 for gaussian)")
     q.add_argument("--reference", type=positive_int, default=4096, help="reference images for fitting (paper: 4096)")
 
+    q = sub.add_parser("training-curves", help="Dosovitskiy & Brox 2016 decoders: training loss against the step")
+    q.add_argument("--run", action="append", required=True, metavar="LABEL=METRICS",
+                   help="a decoder's metrics.csv (or its folder) and its legend label (repeatable, in order)")
+    _caption_args(q)
+
+    q = sub.add_parser("mv-energy", help="Mahendran & Vedaldi 2015 inversions: energy against the iteration")
+    q.add_argument("--run", action="append", required=True, metavar="LABEL=LOG[,LOG...]",
+                   help="per-iteration logs (invert-mv --log) of one representation and its label (repeatable)")
+    _caption_args(q)
+
+
+def _caption_args(q) -> None:
+    q.add_argument("--out", required=True, help="PNG path (a PDF is written beside it)")
+    q.add_argument("--dataset", default="", help="dataset name for the caption")
+    q.add_argument("--weights", help="AlexNet weights for the caption ('random' -> untrained)")
+    q.add_argument("--caption", default="", help="extra caption text")
+
 
 def _figure_model_args(q, per_layer: bool = False) -> None:
-    q.add_argument("--images", nargs="+", required=True, metavar="SHARD")
+    q.add_argument("--images", nargs="+", required=True, metavar="SHARD", help="validation image shards")
     if per_layer:
         q.add_argument("--model", action="append", required=True, metavar="LAYER=DIR",
                        help="trained decoder (decoder.pt or its folder) for a layer, in row order")
@@ -165,11 +190,11 @@ def _figure_model_args(q, per_layer: bool = False) -> None:
         q.add_argument("--model", required=True, help="trained fc8 decoder (decoder.pt or its folder)")
     q.add_argument("--count", type=positive_int, default=3, help="images / samples per row")
     q.add_argument("--keys", nargs="+", help="image keys (default: the first ones)")
-    q.add_argument("--dataset", default="")
+    q.add_argument("--dataset", default="", help="dataset name for the caption")
     q.add_argument("--weights", help="AlexNet weights for the caption (default: from the model)")
-    q.add_argument("--caption", default="")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--device", default="cpu")
+    q.add_argument("--caption", default="", help="extra caption text")
+    q.add_argument("--seed", type=int, default=0, help="seed of random choices (perturbations, samples)")
+    q.add_argument("--device", default="cpu", help="device of the decoders and the encoder: cpu, cuda or cuda:N")
     q.add_argument("--out", required=True, help="PNG path")
 
 
@@ -211,7 +236,10 @@ def run_table2(args) -> int:
     caption = _caption(args)
     write_csv(args.out, records, TABLE2_COLUMNS)
     write_caption_sidecar(args.out, caption)
-    write_text(args.md or _md_path(args), render_table2_md(records, caption))
+    md = render_table2_md(records, caption)
+    write_text(args.md or _md_path(args), md)
+    if args.html:
+        write_text(args.html, markdown_page(md, "Table 2 (Dosovitskiy & Brox 2016)"))
     if per_image is not None:
         write_csv(args.per_image, per_image, ("row", "key", "error", "psnr", "ssim"))
     for r in records:
@@ -262,7 +290,10 @@ def run_mv_table1(args) -> int:
     caption = _caption(args)
     write_csv(args.out, records, MV_TABLE1_COLUMNS)
     write_caption_sidecar(args.out, caption)
-    write_text(args.md or _md_path(args), render_mv_table1_md(records, caption))
+    md = render_mv_table1_md(records, caption)
+    write_text(args.md or _md_path(args), md)
+    if args.html:
+        write_text(args.html, markdown_page(md, "Table 1 (Mahendran & Vedaldi 2015)"))
     for r in records:
         print(f"{r['name']}: {r['error_pct_mean']:.2f}% ± {r['error_pct_std']:.2f} (paper {r['paper_error_pct']}%)")
     return 0
@@ -453,8 +484,16 @@ def run_fig11(args) -> int:
     return 0
 
 
+def run_curves(args) -> int:
+    """``training-curves`` and ``mv-energy``: read and drawn by :mod:`pipeline.evaluation.curves`."""
+    runs = dict(_parse_assign(it, "--run") for it in args.run)
+    what = curves.FIGURES[args.what](args.out, runs, caption_text(args.dataset, args.weights, args.caption))
+    print(f"wrote {args.out}: {what}")
+    return 0
+
+
 _RUNNERS: dict[str, Callable] = {
     "table2": run_table2, "mv-table1": run_mv_table1, "figure7": run_figure7, "grid": run_grid,
     "mean-image": run_mean_image, "perturb": run_perturb, "fig8": run_fig8, "fig9": run_fig9,
-    "fig10": run_fig10, "fig11": run_fig11,
+    "fig10": run_fig10, "fig11": run_fig11, "training-curves": run_curves, "mv-energy": run_curves,
 }

@@ -1,13 +1,16 @@
 """Output of the evaluation: caption lines (dataset, AlexNet weights,
 "untrained"; their ``.caption.txt`` sidecars for the Snakemake report are
-written by :func:`pipeline.io.write_caption_sidecar`), CSV files and
-Markdown tables.
+written by :func:`pipeline.io.write_caption_sidecar`), CSV files, Markdown
+tables, and those tables as a standalone HTML page for the Snakemake report
+(:func:`markdown_page`).
 """
 from __future__ import annotations
 
 import csv
+import html
 import io
 import math
+import re
 from typing import Sequence
 
 from pipeline.io import write_text
@@ -81,3 +84,55 @@ def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(map(esc, r)) + " |" for r in body]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+_PAGE_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #bbb; padding: 0.3em 0.7em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #eee; }
+tr:nth-child(even) td { background: #f8f8f8; }
+li.yes { color: #1a6b1a; } li.no { color: #b00020; font-weight: bold; }
+p.notes { font-size: 0.9em; color: #444; max-width: 60em; }
+"""
+
+
+def _inline(text: str) -> str:
+    """Escaped text with ``**bold**`` as <strong>."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text, quote=False))
+
+
+def _cells(line: str) -> list[str]:
+    cells = re.split(r"(?<!\\)\|", line.strip())[1:-1]
+    return [c.strip().replace("\\|", "|") for c in cells]
+
+
+def markdown_page(markdown: str, title: str) -> str:
+    """A standalone HTML page of the Markdown the table commands write (paragraphs,
+    ``**bold**``, one pipe table, bullet lists), for the Snakemake report: the same
+    words and numbers, as a table; a check ending in "yes" or "NO" is coloured."""
+    parts = []
+    for block in re.split(r"\n\s*\n", markdown.strip()):
+        lines = [ln for ln in block.splitlines() if ln.strip()]
+        if lines and all(ln.lstrip().startswith("|") for ln in lines):
+            head, body = _cells(lines[0]), [_cells(ln) for ln in lines[2:]]
+            rows = ["<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"]
+            rows += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body]
+            parts.append("<table>\n" + "\n".join(rows) + "\n</table>")
+        elif lines and all(ln.startswith("- ") for ln in lines):
+            items = []
+            for ln in lines:
+                text = ln[2:]
+                verdict = "yes" if text.endswith(": yes") else "no" if text.endswith(": NO") else ""
+                items.append(f'<li class="{verdict}">{_inline(text)}</li>' if verdict else f"<li>{_inline(text)}</li>")
+            parts.append("<ul>\n" + "\n".join(items) + "\n</ul>")
+        elif lines:
+            cls = ' class="notes"' if parts and parts[-1].startswith("<table>") else ""
+            parts.append(f"<p{cls}>" + _inline(" ".join(ln.strip() for ln in lines)) + "</p>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>{_PAGE_STYLE}</style>\n</head>\n<body>\n"
+            + "\n".join(parts) + "\n</body>\n</html>\n")

@@ -124,7 +124,7 @@ def render_table2_md(records: list[dict], caption: str) -> str:
         " for the mean. ÷ floor: error relative to the mean-image predictor. "
         "Paper: Dosovitskiy & Brox 2016, Table 2 (ImageNet validation subset)."
     )
-    text = f"**Table 2.** Normalised reconstruction error. {caption}\n\n" + markdown_table(head, body) + "\n" + notes + "\n"
+    text = f"**Table 2 (Dosovitskiy & Brox 2016).** Normalised reconstruction error. {caption}\n\n" + markdown_table(head, body) + "\n" + notes + "\n"
     if checks:
         text += "\nChecks against the paper's claims:\n\n" + "".join(f"- {c}\n" for c in checks)
     return text

@@ -36,10 +36,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="{}", help="the representation's parameters as JSON")
     p.add_argument("--shard", required=True, help="image shard (tar)")
     p.add_argument("--out", required=True, help="feature store (HDF5) to write")
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
-    p.add_argument("--compression", default="gzip", choices=["gzip", "lzf", "none"])
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"],
+                   help="dtype of the stored features (float16 halves the size)")
+    p.add_argument("--compression", default="gzip", choices=["gzip", "lzf", "none"],
+                   help="HDF5 compression of the store")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per feature batch")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
 
 
@@ -75,7 +77,7 @@ def run(args) -> int:
 def configure_store_parser(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="store_command", required=True, metavar="info")
     info = sub.add_parser("info", help="print shapes, dtype, count and bytes on disk")
-    info.add_argument("paths", nargs="+")
+    info.add_argument("paths", nargs="+", help="feature or reconstruction stores (HDF5)")
     info.add_argument("--json", action="store_true", help="print JSON")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ from pipeline.features.hog import _Magnitude, as_float_image, check_input, chunk
 
 VL_EPSILON_F = 1.19209290e-07
 TWO_PI_F = float(np.float32(2 * math.pi))
+#: Whether this process has already warned that sparse SIFT fell back to OpenCV.
+_warned_opencv_fallback = False
 
 
 # ----------------------------------------------------------------------------
@@ -251,6 +254,18 @@ def arrange_on_grid(frames: np.ndarray, descr: np.ndarray, H: int, W: int, cell:
     return out
 
 
+def _warn_opencv_fallback() -> None:
+    """Warn, once per process, that sparse SIFT uses OpenCV because VLFeat is missing."""
+    global _warned_opencv_fallback
+    if _warned_opencv_fallback:
+        return
+    _warned_opencv_fallback = True
+    warnings.warn(
+        f"sift: VLFeat is not available ({vlfeat.unavailable_reason()}); using OpenCV's SIFT instead, whose "
+        "keypoints differ from the paper's VLFeat ones (install libvlfeat-dev, or conda-forge's vlfeat)",
+        RuntimeWarning, stacklevel=3)
+
+
 class SparseSIFT(torch.nn.Module):
     """Sparse SIFT keypoints arranged on a grid: (B, C, H, W) in [0, 255] ->
     (B, 133, ceil(H / 4), ceil(W / 4)) (the paper's ceil; = H // 4 when H is a
@@ -262,7 +277,8 @@ class SparseSIFT(torch.nn.Module):
     four orientations per keypoint (one frame each); descriptors as VLFeat's
     C API returns them (unit norm after clamping at 0.2; the MATLAB toolbox
     scales these by 512).  ``backend="opencv"``: the declared fallback
-    (:func:`opencv_sift`).  The random choice among frames sharing a cell
+    (:func:`opencv_sift`), chosen when libvl does not load, with a
+    ``RuntimeWarning`` (once per process).  The random choice among frames sharing a cell
     uses ``numpy.random.default_rng(seed)`` afresh for every image, so an
     image's features do not depend on its batch.
 
@@ -276,6 +292,8 @@ class SparseSIFT(torch.nn.Module):
         super().__init__()
         if backend is None:
             backend = "vlfeat" if vlfeat.available() else "opencv"
+            if backend == "opencv":
+                _warn_opencv_fallback()
         if backend not in ("vlfeat", "opencv"):
             raise ValueError(f"sift: backend must be 'vlfeat' or 'opencv', got {backend!r}")
         if backend == "vlfeat" and not vlfeat.available():

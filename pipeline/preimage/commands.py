@@ -46,7 +46,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-images", type=positive_int, default=None, help="use only the first N images of the shard")
     p.add_argument("--units", nargs="+", type=int, default=None, help="maximise: channels of the layer")
     p.add_argument("--position", default="mean", help="maximise: 'mean' (channel), 'center' or 'i,j' (one unit)")
-    p.add_argument("--size", type=positive_int, default=None, help="maximise: image size (default: the shard's, else 227)")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="maximise: image size (default: the shard's, else 227)")
     p.add_argument("--window", type=positive_int, default=None, help="mask: keep a central KxK window of the layer")
     p.add_argument("--window-center", default=None, help="mask: window centre 'i,j' (default: the map centre)")
     p.add_argument("--mask-channels", default=None, help="mask: channels 'a:b', 'g/G' (filter group) or 'i,j,k'")
@@ -59,22 +60,35 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lambda-range", type=float, default=None, help="range weight at 227x227 (overrides)")
     p.add_argument("--lambda-tv", type=float, default=None,
                    help="TV weight at 227x227 (default: Mahendran & Vedaldi 2015's)")
-    p.add_argument("--alpha", type=float, default=ALPHA)
-    p.add_argument("--beta", type=float, default=BETA)
-    p.add_argument("--schedule", choices=sorted(SCHEDULES), default=None)
+    p.add_argument("--alpha", type=float, default=ALPHA, help="exponent of the alpha-norm regulariser")
+    p.add_argument("--beta", type=float, default=BETA, help="exponent of the total-variation regulariser")
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), default=None,
+                   help="learning-rate schedule (default: cnn for AlexNet, shallow otherwise)")
     p.add_argument("--iterations", type=positive_int, default=100, help="total iterations (rescales the schedule)")
-    p.add_argument("--lr", type=positive_float, default=None)
-    p.add_argument("--optimizer", choices=("momentum", "adam"), default=None)
-    p.add_argument("--clamp", type=nonnegative_float, default=None, help="range bound in units of 128 grey levels (0: off)")
+    p.add_argument("--lr", type=positive_float, default=None, help="base learning rate (default: the schedule's)")
+    p.add_argument("--optimizer", choices=("momentum", "adam"), default=None,
+                   help="gradient descent with momentum or Adam (default: momentum)")
+    p.add_argument("--clamp", type=nonnegative_float, default=None,
+                   help="range bound in units of 128 grey levels (0: off)")
     p.add_argument("--jitter", type=nonnegative_int, default=None, help="max translation in pixels per iteration")
-    p.add_argument("--init", choices=("noise", "image"), default=None)
-    p.add_argument("--restarts", type=positive_int, default=1)
+    p.add_argument("--init", choices=("noise", "image"), default=None,
+                   help="start from noise or from the target image (default: noise)")
+    p.add_argument("--restarts", type=positive_int, default=1, help="random restarts per target (best kept)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="targets optimised together")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--threads", type=nonnegative_int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--stores", nargs="+", default=None, help="mask mode: input feature stores")
     p.add_argument("--out-stores", nargs="+", default=None, help="mask mode: output stores, one per input")
+
+
+def plain_layer_name(tap: str) -> str:
+    """A layer's name for a reader (grid labels): AlexNet's pre-ReLU taps ``conv5_raw`` ->
+    "conv5 (before ReLU)", ``fc8_raw`` -> "fc8" (AlexNet's last layer has no ReLU); others as given."""
+    base, sep, rest = str(tap).rpartition("_raw")
+    if not sep or rest or not base:
+        return str(tap)
+    return base if base == "fc8" else f"{base} (before ReLU)"
 
 
 def _pair(text: str | None, what: str):
@@ -121,7 +135,7 @@ def _run_empty(args, params: dict) -> int:
             details={"mode": args.mode, "layers": layers, "runs": []},
         )
     if args.grid:
-        caption = args.caption or f"Natural pre-images ({args.mode}), {args.feature}"
+        caption = args.caption or f"Natural pre-images (Mahendran & Vedaldi 2016), {args.mode}: {args.feature}"
         image_grid(args.grid, [[None]], caption=f"{caption} (the shard {args.shard} holds no images)")
     print(f"{args.shard}: no images; wrote an empty result", file=sys.stderr)
     return 0
@@ -213,14 +227,15 @@ def run(args) -> int:
         )
         print(f"wrote {args.out}: {len(all_keys)} pre-images in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     if args.grid:
-        caption = args.caption or (f"Natural pre-images ({args.mode}), {args.feature}"
+        caption = args.caption or (f"Natural pre-images (Mahendran & Vedaldi 2016), {args.mode}: {args.feature}"
                                    + ("" if trained else ", random weights (untrained)"))
+        names = [plain_layer_name(t) for t in labels]
         if args.mode == "maximise":
-            rows, row_labels = grid_rows, labels
-            col_labels = [f"c{u}" for u in args.units]
+            rows, row_labels = grid_rows, names
+            col_labels = [f"channel {u}" for u in args.units]
         else:  # rows: images; columns: input, then each layer's result
             rows = [[images[i]] + [grid_rows[L][i] for L in range(len(layers))] for i in range(len(images))]
-            row_labels, col_labels = None, ["image"] + labels
+            row_labels, col_labels = None, ["Image"] + names
         image_grid(args.grid, rows, row_labels=row_labels, col_labels=col_labels, caption=caption)
         print(f"wrote {args.grid}", file=sys.stderr)
     return 0

@@ -144,10 +144,13 @@ wildcard_constraints:
 def all_targets():
     """The paper's outputs (rule all); functions from the other rule files."""
     d = config["decoders"]
-    t = ["results/table2.csv", "results/table2.md", "results/figures/grid_shallow.png"]
+    t = ["results/table2.csv", "results/table2.md", "results/table2.html", "results/figures/grid_shallow.png"]
     t += expand("results/models/{rep}/decoder.pt", rep=d["train"])
     if mv_table1_rows():
-        t += ["results/mv_table1.csv", "results/mv_table1.md"]
+        t += ["results/mv_table1.csv", "results/mv_table1.md", "results/mv_table1.html"]
+    for which in ("shallow", "alexnet"):  # how the runs went
+        t += [f"results/figures/training_curves_{which}.png"] if training_runs(which) else []
+        t += [f"results/figures/mv_energy_{which}.png"] if mv_runs(which) else []
     if config["alexnet"]["layers"]:
         if figure7_points():
             t += ["results/figure7.csv", "results/figure7.png"]

@@ -1,4 +1,5 @@
-# Evaluation: Table 2, M&V Table 1, Figure 7, grids and Figures 8, 10, 11.
+# Evaluation: Table 2, M&V Table 1, Figure 7, grids and Figures 8, 10, 11, and how
+# the runs went (training curves, M&V energy). In the report, one category per paper.
 
 
 rule mean_image:
@@ -21,9 +22,23 @@ rule table2:
         images=lambda w: shard_paths(rep_size("hog") if "hog" in REPS else image_sizes()[0], "val"),
         mean=lambda w: f"results/eval/mean_image_{rep_size('hog') if 'hog' in REPS else image_sizes()[0]}px.npy",
         stores=lambda w: [p for paths in table2_rows().values() for p in paths],
+        figures=lambda w: run_figures("table2"),
     output:
-        csv=report("results/table2.csv", category="Tables", caption="../report/table2.rst"),
+        csv=report(
+            "results/table2.csv",
+            caption="../report/table2.rst",
+            category=DB2016,
+            subcategory="Table 2",
+            labels={"table": "Table 2, CSV"},
+        ),
         md="results/table2.md",
+        html=report(
+            "results/table2.html",
+            caption="../report/table2.rst",
+            category=DB2016,
+            subcategory="Table 2",
+            labels={"table": "Table 2"},
+        ),
     params:
         rows=lambda w: labelled_args("--row", table2_rows().items()),
         settings=as_json(caption_settings()),
@@ -35,16 +50,31 @@ rule table2:
         "../../envs/pipeline.yaml"
     shell:
         "python -m pipeline evaluate table2 --settings {params.settings} --images {input.images}"
-        " --mean-image {input.mean} {params.rows} --out {output.csv} --md {output.md} > {log} 2>&1"
+        " --mean-image {input.mean} {params.rows} --out {output.csv} --md {output.md} --html {output.html}"
+        " > {log} 2>&1"
 
 
 rule mv_table1:
     input:
         images=lambda w: shard_paths(rep_size("hog"), "val"),
         stores=lambda w: [p for paths in mv_table1_rows().values() for p in paths],
+        figures=lambda w: run_figures("mv_table1"),
     output:
-        csv=report("results/mv_table1.csv", category="Tables", caption="../report/mv_table1.rst"),
+        csv=report(
+            "results/mv_table1.csv",
+            caption="../report/mv_table1.rst",
+            category=MV2015,
+            subcategory="Table 1",
+            labels={"table": "Table 1, CSV"},
+        ),
         md="results/mv_table1.md",
+        html=report(
+            "results/mv_table1.html",
+            caption="../report/mv_table1.rst",
+            category=MV2015,
+            subcategory="Table 1",
+            labels={"table": "Table 1"},
+        ),
     params:
         rows=lambda w: labelled_args("--row", mv_table1_rows().items()),
         settings=as_json(caption_settings()),
@@ -56,16 +86,23 @@ rule mv_table1:
         "../../envs/pipeline.yaml"
     shell:
         "python -m pipeline evaluate mv-table1 --settings {params.settings} --images {input.images} {params.rows}"
-        " --out {output.csv} --md {output.md} > {log} 2>&1"
+        " --out {output.csv} --md {output.md} --html {output.html} > {log} 2>&1"
 
 
 rule figure7:
     input:
         images=lambda w: shard_paths(config["alexnet"]["image_size"], "val"),
         stores=lambda w: [p for paths in figure7_points().values() for p in paths],
+        figures=lambda w: run_figures("figure7"),
     output:
         csv="results/figure7.csv",
-        png=report("results/figure7.png", category="Figures", caption="../report/figure7.rst"),
+        png=report(
+            "results/figure7.png",
+            caption="../report/figure7.rst",
+            category=DB2016,
+            subcategory="Figure 7",
+            labels={"figure": "Figure 7: error per AlexNet layer"},
+        ),
     params:
         points=lambda w: labelled_args("--point", ((f"{c}:{l}", v) for (c, l), v in figure7_points().items())),
         settings=as_json(caption_settings()),
@@ -87,7 +124,13 @@ rule grid:
         ),
         stores=lambda w: [p for paths in grid_columns(w.which).values() for p in paths],
     output:
-        report("results/figures/grid_{which}.png", category="Figures", caption="../report/grid.rst"),
+        report(
+            "results/figures/grid_{which}.png",
+            caption="../report/grid.rst",
+            category=DB2016,
+            subcategory="Reconstructions",
+            labels=lambda w: {"figure": GRID_FIGURES[w.which]},
+        ),
     wildcard_constraints:
         which="shallow|alexnet",
     params:
@@ -109,7 +152,13 @@ rule alexnet_figure:
         images=lambda w: shard_paths(config["alexnet"]["image_size"], "val"),
         models=lambda w: [f"results/models/alexnet_{l}/decoder.pt" for l in figure_layers(w.fig)],
     output:
-        report("results/figures/{fig}.png", category="Figures", caption="../report/alexnet_figure.rst"),
+        report(
+            "results/figures/{fig}.png",
+            caption="../report/alexnet_figure.rst",
+            category=DB2016,
+            subcategory="AlexNet studies",
+            labels=lambda w: {"figure": ALEXNET_FIGURES[w.fig]},
+        ),
     wildcard_constraints:
         fig="fig8|fig10|fig11",
     params:
@@ -128,3 +177,56 @@ rule alexnet_figure:
     shell:
         "python -m pipeline evaluate {wildcards.fig} --settings {params.settings} --images {input.images}"
         " {params.models} --out {output} > {log} 2>&1"
+
+
+rule training_curves:
+    input:
+        lambda w: list(training_runs(w.which).values()),
+    output:
+        report(
+            "results/figures/training_curves_{which}.png",
+            caption="../report/training_curves.rst",
+            category=DB2016,
+            subcategory="Training curves",
+            labels=lambda w: {"decoders": TRAINING_SETS[w.which]},
+        ),
+    wildcard_constraints:
+        which="shallow|alexnet",
+    params:
+        runs=lambda w: labelled_args("--run", ((k, [v]) for k, v in training_runs(w.which).items())),
+        settings=lambda w: as_json(caption_settings(stats=False, alexnet=w.which == "alexnet")),
+    log:
+        "logs/training_curves/{which}.log",
+    benchmark:
+        "benchmarks/training_curves/{which}.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline evaluate training-curves --settings {params.settings} {params.runs} --out {output}"
+        " > {log} 2>&1"
+
+
+rule mv_energy:
+    input:
+        lambda w: [p for paths in mv_runs(w.which).values() for p in paths],
+    output:
+        report(
+            "results/figures/mv_energy_{which}.png",
+            caption="../report/mv_energy.rst",
+            category=MV2015,
+            subcategory="Energy",
+            labels=lambda w: {"inversions": ENERGY_SETS[w.which]},
+        ),
+    wildcard_constraints:
+        which="shallow|alexnet",
+    params:
+        runs=lambda w: labelled_args("--run", mv_runs(w.which).items()),
+        settings=lambda w: as_json(caption_settings(stats=False, alexnet=w.which == "alexnet")),
+    log:
+        "logs/mv_energy/{which}.log",
+    benchmark:
+        "benchmarks/mv_energy/{which}.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline evaluate mv-energy --settings {params.settings} {params.runs} --out {output} > {log} 2>&1"

@@ -2,7 +2,10 @@
 # reconstruction stores of the configured methods.
 import shlex
 
-from pipeline.vocabulary import FIGURE_LAYERS, MV_TABLE1_ROWS, TABLE2_ROWS
+from pipeline.vocabulary import FIGURE_LAYERS, MV_TABLE1_ROWS, PAPERS, TABLE2_ROWS
+
+#: the report's categories: one per paper
+DB2016, MV2015, MV2016 = PAPERS
 
 
 def recon(method, rep):
@@ -12,13 +15,16 @@ def recon(method, rep):
 def labelled_args(option, items):
     """``--option LABEL=STORE,...`` for every (label, stores), each value one shell word
     (labels such as 'HOG⁻¹ [Mahendran & Vedaldi]' hold spaces and '&')."""
-    return " ".join(f"{option} {shlex.quote(label + '=' + ','.join(paths))}" for label, paths in items)
+    words = (shlex.quote(f"{label}={','.join(paths)}") for label, paths in items)
+    return " ".join(f"{option} {w}" for w in words)
 
 
-def caption_settings(stats=True):
-    """Dataset and weights for captions; with ``stats`` the interval method, seed, image subset."""
+def caption_settings(stats=True, alexnet=True):
+    """Dataset and weights for captions (without ``alexnet``, for what uses no AlexNet, the
+    weights are null: left out); with ``stats`` the interval method, seed, image subset."""
     a = config["alexnet"]
-    settings = {"dataset": config["dataset"]["name"], "weights": a["weights"] if a["layers"] else "none"}
+    weights = (a["weights"] if a["layers"] else "none") if alexnet else None
+    settings = {"dataset": config["dataset"]["name"], "weights": weights}
     if stats:
         settings.update(pick(config["evaluation"], "ci", "max_images"), seed=config["seed"])
     return settings
@@ -67,3 +73,69 @@ def grid_columns(which):
 
 def figure_layers(fig):
     return [l for l in FIGURE_LAYERS[fig] if l in config["decoders"]["alexnet_layers"]]
+
+
+# ------------------------------------------------------------ how the runs went
+def _named(method, rep, rows, default):
+    """The tables' name of ``method``'s row for ``rep`` (Table 2, then Table 1), else ``default``."""
+    return next((r[0] for r in rows if r[1] == method and r[2] == rep), default)
+
+
+def training_runs(which):
+    """Legend label -> metrics.csv of the decoders: shallow (decoders.train, Table 2's),
+    alexnet (the AlexNet layers' decoders and autoencoders, Figure 7's)."""
+    d = config["decoders"]
+    if which == "shallow":
+        return {_named("ours", rep, TABLE2_ROWS.values(), f"{rep} ours"): f"results/models/{rep}/metrics.csv"
+                for rep in d["train"]}
+    runs = {f"{l} ours": f"results/models/alexnet_{l}/metrics.csv" for l in d["alexnet_layers"]}
+    runs.update({f"{l} autoencoder": f"results/models/autoencoder/alexnet_{l}/metrics.csv"
+                 for l in d["autoencoder_layers"]})
+    return runs
+
+
+def mv_runs(which):
+    """Label -> per-iteration logs of the Mahendran & Vedaldi inversions: shallow
+    (mv.representations, Table 1's), alexnet (mv.alexnet_layers, Figure 7's)."""
+    def logs(rep):
+        return expand("results/reconstructions/mv/{rep}/{shard}.csv", rep=rep, shard=shard_ids("val"))
+
+    m = config["mv"]
+    if which == "shallow":
+        return {_named("mv", rep, MV_TABLE1_ROWS.values(), rep): logs(rep) for rep in m["representations"]}
+    return {f"AlexNet {l}": logs(f"alexnet_{l}") for l in m["alexnet_layers"] if l in config["alexnet"]["layers"]}
+
+
+#: the report's labels of the grids and the AlexNet figures
+GRID_FIGURES = {
+    "shallow": "Figure 3: from HOG, SIFT and LBP",
+    "alexnet": "Figure 5: from AlexNet layers",
+}
+ALEXNET_FIGURES = {
+    "fig8": "Figure 8: fc8 with all, the top-5 only, or without the top-5 activations",
+    "fig10": "Figure 10: interpolation between two images' features",
+    "fig11": "Figure 11: images from random feature vectors",
+}
+#: what each set of curves holds (report labels)
+TRAINING_SETS = {"shallow": "shallow features (Table 2)", "alexnet": "AlexNet layers (Figure 7)"}
+ENERGY_SETS = {
+    "shallow": "shallow features (Table 1)",
+    "alexnet": "AlexNet layers (Figure 7 of Dosovitskiy & Brox 2016)",
+}
+
+
+def run_figures(which):
+    """The figures of how the runs went behind a table or figure (``table2``, ``mv_table1``,
+    ``figure7``): inputs of its rule marked ancient, so that the main command builds them
+    for the report while a new figure never reruns the table."""
+    d, figs = config["decoders"], []
+    if which == "table2" and d["train"]:
+        figs.append("results/figures/training_curves_shallow.png")
+    if which == "mv_table1" and mv_runs("shallow"):
+        figs.append("results/figures/mv_energy_shallow.png")
+    if which == "figure7":
+        if training_runs("alexnet"):
+            figs.append("results/figures/training_curves_alexnet.png")
+        if mv_runs("alexnet"):
+            figs.append("results/figures/mv_energy_alexnet.png")
+    return [ancient(f) for f in figs]

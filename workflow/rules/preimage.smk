@@ -8,6 +8,12 @@ PREIMAGE_MODES = ["maximise", "caricature", "invert"]
 
 #: pre-ReLU taps of the configured paper layers (a ReLU unit at 0 has no gradient)
 PREIMAGE_LAYERS = [f"{l}_raw" for l in config["preimage"]["layers"] if l in config["alexnet"]["layers"]]
+#: what each gallery shows (captions)
+PREIMAGE_SHOWS = {
+    "maximise": "activation maximisation of channels 0-3",
+    "caricature": "caricatures of four validation images",
+    "invert": "inversion from the central 3x3 neurons of four validation images",
+}
 PREIMAGE_TARGETS = {
     "maximise": "--units 0 1 2 3 --lambda-tv 0.5",
     "caricature": "--max-images 4 --lambda-tv 0.5",
@@ -20,7 +26,13 @@ rule preimage_gallery:
         images=lambda w: shard_paths(config["alexnet"]["image_size"], "val")[0],
     output:
         store="results/preimage/{mode}.h5",
-        grid=report("results/figures/preimage_{mode}.png", category="Figures", caption="../report/preimage.rst"),
+        grid=report(
+            "results/figures/preimage_{mode}.png",
+            caption="../report/preimage.rst",
+            category=MV2016,
+            subcategory="Natural pre-images",
+            labels=lambda w: {"gallery": PREIMAGE_SHOWS[w.mode]},
+        ),
     wildcard_constraints:
         mode="maximise|caricature|invert",
     params:
@@ -31,7 +43,8 @@ rule preimage_gallery:
         targets=lambda w: PREIMAGE_TARGETS[w.mode],
         settings=as_json(dict(pick(config["preimage"], "iterations"), seed=config["seed"])),
         caption=lambda w: shlex.quote(
-            f"Natural pre-images ({w.mode}), AlexNet {config['alexnet']['arch']}, weights "
+            f"Natural pre-images (Mahendran & Vedaldi 2016, IJCV): {PREIMAGE_SHOWS[w.mode]}; "
+            f"AlexNet {config['alexnet']['arch']}, weights "
             f"{config['alexnet']['weights']}{' (untrained)' if config['alexnet']['weights'] == 'random' else ''}"
         ),
     log:
