@@ -6,7 +6,7 @@ from pipeline.vocabulary import FIGURE_LAYERS, MV_TABLE1_ROWS, TABLE2_ROWS
 
 
 def recon(method, rep):
-    return expand("results/reconstructions/{method}/{rep}/{shard}.h5", method=method, rep=rep, shard=shard_ids("val"))
+    return expand("results/reconstructions/{method}/{rep}/{shard}.h5", method=method, rep=rep, shard=eval_shard_ids())
 
 
 def labelled_args(option, items):
@@ -15,13 +15,22 @@ def labelled_args(option, items):
     return " ".join(f"{option} {shlex.quote(label + '=' + ','.join(paths))}" for label, paths in items)
 
 
-def caption_settings(stats=True):
-    """Dataset and weights for captions; with ``stats`` the interval method, seed, image subset."""
+def caption_settings(stats=True, max_images=None):
+    """Dataset and weights for captions; with ``stats`` the interval method, seed, image subset
+    (``max_images``, default evaluation.max_images: the decoders' evaluation set)."""
     a = config["alexnet"]
     settings = {"dataset": config["dataset"]["name"], "weights": a["weights"] if a["layers"] else "none"}
     if stats:
         settings.update(pick(config["evaluation"], "ci", "max_images"), seed=config["seed"])
+        if max_images is not None:
+            settings["max_images"] = max_images
     return settings
+
+
+def baseline_images():
+    """The baselines' first N validation images (mv.max_images), within the evaluation's (evaluation.max_images)."""
+    n = [v for v in (config["mv"]["max_images"], config["evaluation"]["max_images"]) if v is not None]
+    return min(n) if n else None
 
 
 def _row_configured(method, rep):
