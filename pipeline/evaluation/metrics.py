@@ -20,6 +20,11 @@ are).
   average Euclidean distance between the images of the test set, over all
   ordered pairs i != j of the *same set the errors are reported on* (the
   images given with ``--images``).  The table reports the mean of ``e_i``.
+  ``N`` is exact, in float64, and streamed: by pairs of blocks of images
+  read back from disk (:func:`mean_pairwise_distance_streamed`), so that
+  memory does not grow with the number of images; ``--norm-max-images K``
+  computes it instead from a fixed random subset of K images (seeded by
+  ``--seed``), an unbiased estimate.
 * **Feature-space normalised error** (Mahendran & Vedaldi 2015 (CVPR),
   section 4, Table 1)::
 
@@ -138,9 +143,9 @@ def mean_pairwise_distance(X, *, block: int = 256, max_items: int | None = None,
 
 
 #: bytes of float64 data the streamed normaliser holds at once (two blocks of items)
-NORM_MEMORY = 256 * 2**20
+NORM_MEMORY = 128 * 2**20
 #: largest block of items (its distance matrix is block² float64)
-NORM_BLOCK = 2048
+NORM_BLOCK = 1024
 
 
 def mean_pairwise_distance_streamed(read: Callable[[np.ndarray], "np.ndarray | torch.Tensor"], n: int, *,
@@ -175,7 +180,7 @@ def mean_pairwise_distance_streamed(read: Callable[[np.ndarray], "np.ndarray | t
     starts = list(range(0, m, block))
 
     def rows(s: int) -> torch.Tensor:
-        return _as_tensor(read(items[s:s + block])).reshape(-1, dim).to(torch.float64)
+        return _as_tensor(read(items[s:s + block])).to(torch.float64).reshape(-1, dim)
 
     mean = torch.zeros(dim, dtype=torch.float64)
     for s in starts:
