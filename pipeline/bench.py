@@ -3,8 +3,8 @@ ratios against a reference measured in the same run (never timed asserts).
 
 Each benchmark lives beside the code it measures:
 data -> pipeline.data.bench.bench_data, features -> pipeline.features.bench.bench_features,
-train -> pipeline.decoders.bench.bench_train, invert -> pipeline.baselines.bench.bench_invert,
-evaluate -> pipeline.evaluation.bench.bench_evaluate.
+train -> pipeline.decoders.bench.bench_train, feed -> pipeline.decoders.bench.bench_feed,
+invert -> pipeline.baselines.bench.bench_invert, evaluate -> pipeline.evaluation.bench.bench_evaluate.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ BENCHMARKS = {
     "data": ("pipeline.data.bench", "bench_data"),
     "features": ("pipeline.features.bench", "bench_features"),
     "train": ("pipeline.decoders.bench", "bench_train"),
+    "feed": ("pipeline.decoders.bench", "bench_feed"),
     "invert": ("pipeline.baselines.bench", "bench_invert"),
     "evaluate": ("pipeline.evaluation.bench", "bench_evaluate"),
 }

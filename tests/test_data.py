@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.commands import build_index, make_shard, merge_manifests
+from pipeline.data.commands import build_index, build_listing, make_shard, merge_manifests
 from pipeline.data.imagefolder import load_image_file
 from pipeline.data.sample import load_sample_photo
 from pipeline.data.shards import read_shard
@@ -212,6 +212,19 @@ def test_imagefolder_flat_val_with_label_file(tmp_path, imagenet_like):
     samples = list(read_shard(shards[0][0]))
     assert [s.key for s in samples] == [f"ILSVRC2012_val_{i + 1:08d}" for i in range(4)]
     assert [s.label for s in samples] == [0, 1, 0, 1]
+
+
+def test_imagefolder_val_labels_of_loc_val_solution_csv(tmp_path, imagenet_like):
+    """ImageNet's LOC_val_solution.csv: the label is the wnid after the name, not the last box coordinate."""
+    root, _, _, _ = imagenet_like
+    labels = tmp_path / "LOC_val_solution.csv"
+    labels.write_text("ImageId,PredictionString\n" + "".join(
+        f"ILSVRC2012_val_{i + 1:08d},{w} 10 20 30 1 {w} 5 6 7 1\n" for i, w in enumerate(["n0002", "n0001"] * 2)))
+    cfg = dataset_cfg(source="imagefolder")
+    cfg["imagefolder"].update(root=str(root), val_labels=str(labels))
+    listing = build_listing(cfg, "val", 0)
+    assert [e["label"] for e in listing.entries] == [1, 0, 1, 0]
+    assert listing.labels["unknown"] == [{"line": 1, "name": "ImageId", "label": "PredictionString"}]
 
 
 def test_imagefolder_max_images_is_deterministic(tmp_path, imagenet_like):

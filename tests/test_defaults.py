@@ -41,7 +41,7 @@ MAPPED: dict[tuple[str, ...], dict[str, str]] = {
     ("preimage",): {"iterations": "preimage.iterations", "seed": "seed"},
     ("evaluate", "perturb"): {"seed": "seed"},
     ("evaluate", "table2"): STATS,
-    ("evaluate", "mv-table1"): STATS,
+    ("evaluate", "mv-table1"): {**STATS, "max_images": "mv.max_images"},
     ("evaluate", "figure7"): STATS,
     ("evaluate", "grid"): {**STATS, "count": "evaluation.grid_count"},
     **{("evaluate", fig): {"seed": "seed"} for fig in ("fig8", "fig10", "fig11")},

@@ -106,6 +106,42 @@ def test_mean_pairwise_distance_matches_loops_and_is_permutation_invariant(photo
         metrics.mean_pairwise_distance(photos[:1])
 
 
+def test_streamed_normaliser_is_exact_in_blocks_and_the_test_set_streams(tmp_path, photos):
+    """By pairs of blocks (little memory) the mean pairwise distance is the in-memory one to float64
+    rounding; within one block it is the in-memory computation itself; subsets pick the same images."""
+    from pipeline.evaluation.testset import RowFile, TestSet
+
+    x = metrics.images_nchw(photos)
+    reads = []
+
+    def read(i):
+        reads.append(len(i))
+        return x[torch.from_numpy(i)]
+
+    ref = metrics.mean_pairwise_distance(x)
+    item = x[0].numel() * 8
+    assert metrics.mean_pairwise_distance_streamed(read, len(x)) == ref  # one block: identical
+    reads.clear()
+    assert metrics.mean_pairwise_distance_streamed(read, len(x), memory=4 * item) == pytest.approx(ref, rel=1e-12)
+    assert max(reads) == 2  # blocks of 2 items (the least)
+    for memory in (6 * item, 8 * item):  # blocks of 3 and 4 items
+        got = metrics.mean_pairwise_distance_streamed(read, len(x), memory=memory, max_items=7, seed=3)
+        assert got == pytest.approx(metrics.mean_pairwise_distance(x, max_items=7, seed=3), rel=1e-12)
+    # the test set: images streamed to a temporary file and read back by index
+    shards = [tmp_path / "a.tar", tmp_path / "b.tar"]
+    write_shard(shards[0], [Sample(f"k{i}", im) for i, im in enumerate(photos[:4])])
+    write_shard(shards[1], [Sample(f"k{i + 4}", im) for i, im in enumerate(photos[4:])])
+    test = TestSet.load(shards, max_images=len(photos) - 1)
+    assert len(test) == len(photos) - 1 and test.skipped == {f"k{len(photos) - 1}"}
+    np.testing.assert_array_equal(test.take([5, 0, 1, 2, 6]), photos[[5, 0, 1, 2, 6]])
+    np.testing.assert_array_equal(np.concatenate([b for _, b in test.blocks(3)]), photos[:-1])
+    assert test.normaliser() == metrics.mean_pairwise_distance(metrics.images_nchw(photos[:-1]))
+    np.testing.assert_array_equal(test.mean_image(), photos[:-1].astype(np.float64).mean(axis=0))
+    rows = RowFile((2,), np.float32)
+    rows.put([3, 1], np.array([[3, 3], [1, 1]], np.float32))
+    np.testing.assert_array_equal(rows.take([1, 3, 0]), [[1, 1], [3, 3], [0, 0]])
+
+
 def test_perfect_reconstruction_has_zero_error_infinite_psnr_unit_ssim(photos):
     err, norm = metrics.normalized_errors(photos, nchw(photos))
     assert np.all(err == 0) and norm == pytest.approx(brute_norm(photos))

@@ -259,6 +259,35 @@ def test_cli_writes_store_and_log(tmp_path):
     np.testing.assert_allclose(allrec[2], single[0].numpy(), atol=0.25)  # float16 store
 
 
+def test_cli_first_images_of_the_split_with_preceding_manifests(tmp_path):
+    """--max-images N --preceding MANIFEST...: the split's first N images, across shards."""
+    from pipeline.cli import main
+    from pipeline.data.shards import Sample, write_shard
+    from pipeline.store import FeatureStore
+
+    imgs = [photo(n, 16)[0].permute(1, 2, 0).numpy().round().astype(np.uint8) for n in ("astronaut", "coffee", "chelsea")]
+    shards, manifests = [], []
+    for s, keys in enumerate((["a0", "a1"], ["b0", "b1"], ["c0"])):
+        shards.append(tmp_path / f"{s:05d}.tar")
+        write_shard(shards[-1], [Sample(k, imgs[i]) for i, k in enumerate(keys)])
+        manifests.append(tmp_path / f"{s:05d}.json")
+        manifests[-1].write_text(json.dumps({"shard": s, "count": len(keys)}))
+    common = ["--feature", "test_invert_randconv", "--params", json.dumps({"channels": 4}), "--iterations", "2",
+              "--max-images", "3"]
+    got = []
+    for s in range(3):
+        out = tmp_path / f"rec{s}.h5"
+        preceding = ["--preceding", *map(str, manifests[:s])]
+        assert main(["invert-mv", "--shard", str(shards[s]), "--out", str(out), *common, *preceding]) == 0
+        with FeatureStore(out) as st:
+            got.append(list(st.keys))
+    assert got == [["a0", "a1"], ["b0"], []]
+    # without --preceding: the first 3 of each shard
+    assert main(["invert-mv", "--shard", str(shards[1]), "--out", str(tmp_path / "own.h5"), *common]) == 0
+    with FeatureStore(tmp_path / "own.h5") as st:
+        assert st.keys == ["b0", "b1"]
+
+
 def test_dsift_gradient_is_finite_where_gx_equals_gy():
     """DSIFT's orientation binning divided both ways and selected with torch.where: where
     gx = |gy| (saturated or ramp regions, common once the iterate is clamped to [0, 255]) the

@@ -188,6 +188,49 @@ def test_config_values_reach_the_shell_quoted_and_literal(tmp_path):
     assert evil in (tmp_path / "logs/train_decoder/hog.log").read_text()
 
 
+def _words_after(line: str, name: str) -> list[str]:
+    """The values of option ``name`` (up to the next option or redirection) in a printed shell command."""
+    words = shell_words(line)
+    out = []
+    for w in words[words.index(name) + 1:]:
+        if w.startswith("-") or w.startswith(">") or w.startswith("2>"):
+            break
+        out.append(w)
+    return out
+
+
+def test_imagenet_config_plans_the_papers_protocols(tmp_path):
+    """config/imagenet.yaml (a real root, fewer train shards): M&V and HOGgles invert the first 100
+    validation images, the decoders are evaluated on the first 5 of 50 validation shards, and train
+    15 epochs (shallow) or 60 (AlexNet decoders, autoencoders)."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "config" / "imagenet.yaml").read_text())
+    cfg["dataset"]["imagefolder"]["root"] = str(tmp_path)
+    cfg["dataset"]["shards"]["train"] = 2
+    cfg["alexnet"]["weights"] = "random"
+    path = tmp_path / "imagenet.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", str(path))
+    counts = job_counts(proc.stdout)
+    assert cfg["dataset"]["shards"]["val"] == 50 and cfg["evaluation"]["val_shards"] == 5
+    assert counts["invert_mv"] == (3 + 8) * 5 and counts["invert_hoggles"] == 5
+    assert counts["reconstruct"] == (3 + 8 + 8 + 8 * 3) * 5 and counts["make_shard"] == 2 * (2 + 5)
+    lines = [li for li in proc.stdout.splitlines() if li.startswith("Shell command: ")]
+    for line in (li for li in lines if "invert-mv" in li or "invert-hoggles invert" in li):
+        shard = int(option(line, "--shard").rsplit("/", 1)[1][:5])
+        preceding = _words_after(line, "--preceding")
+        assert [int(p.rsplit("/", 1)[1][:5]) for p in preceding] == list(range(shard)), line
+        assert settings(line)["max_images"] == 100
+    table2 = next(li for li in lines if "evaluate table2" in li)
+    assert [w.rsplit("/", 1)[1] for w in _words_after(table2, "--images")] == [f"{i:05d}.tar" for i in range(5)]
+    assert settings(table2)["max_images"] is None
+    assert settings(next(li for li in lines if "evaluate mv-table1" in li))["max_images"] == 100
+    epochs = {option(li, "--representation"): settings(li)["epochs"] for li in lines if "pipeline train " in li}
+    assert {epochs[r] for r in ("hog", "sift", "lbp")} == {15}
+    assert {e for r, e in epochs.items() if r.startswith("alexnet_")} == {60}  # decoders and autoencoders
+
+
 @pytest.mark.slow
 def test_data_stage_runs_on_the_test_config(tmp_path):
     targets = ["data/shards/32px/train/manifest.json", "data/shards/32px/val/manifest.json"]

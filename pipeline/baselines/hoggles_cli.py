@@ -31,7 +31,7 @@ from pipeline.baselines.hoggles import (
 )
 from pipeline.features import get_feature
 from pipeline.io import sha256_file
-from pipeline.data.shards import load_shard_arrays
+from pipeline.data.commands import FirstImages
 from pipeline.options import nonnegative_int, parse_device, parse_json_params, positive_float, positive_int
 from pipeline.store import write_reconstructions
 
@@ -56,7 +56,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     i.add_argument("--dict", required=True, help="paired dictionary (.npz) from 'train'")
     i.add_argument("--shard", nargs="+", required=True, help="image shard(s) whose images are inverted")
     i.add_argument("--out", nargs="+", required=True, help="output HDF5 store per shard")
-    i.add_argument("--max-images", type=positive_int, default=None, help="invert only the first N images of each shard")
+    i.add_argument("--max-images", type=positive_int, default=None,
+                   help="invert only the first N images of each shard (of the split, with --preceding)")
+    i.add_argument("--preceding", nargs="*", metavar="MANIFEST",
+                   help="per-shard manifests of the split's shards before --shard: --max-images counts the "
+                        "split's first N images")
     i.add_argument("--batch-size", type=positive_int, default=8, help="images coded together")
     i.add_argument("--pad", type=nonnegative_int, default=PAD_CELLS,
                    help="zero cells padded around the HOG map (ihog: 5)")
@@ -97,11 +101,10 @@ def run_invert(args) -> int:
     pd = PairedDictionary.load(args.dict)
     device = parse_device(args.device)
     feature = get_feature(pd.feature, **pd.feature_params).to(device).eval()
+    first = FirstImages(args.max_images, args.preceding)
     for shard, out in zip(args.shard, args.out):
         t0 = time.perf_counter()
-        keys, images, _ = load_shard_arrays(shard)
-        if args.max_images is not None:
-            keys, images = keys[: args.max_images], images[: args.max_images]
+        keys, images = first.images(shard)
         H, W = images.shape[1:3] if len(keys) else (0, 0)
         rec = np.zeros((len(keys), 3, H, W), np.float32)
         for s in range(0, len(keys), args.batch_size):

@@ -69,7 +69,7 @@ from pipeline.baselines.terms import (
 )
 from pipeline.features import get_feature, to_gray
 from pipeline.io import atomic_path, sha256_file
-from pipeline.data.shards import load_shard_arrays
+from pipeline.data.commands import FirstImages
 from pipeline.options import nonnegative_float, parse_device, parse_json_params, positive_float, positive_int
 from pipeline.store import write_reconstructions
 
@@ -274,7 +274,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "(safeguard against the alpha-norm's step instability; 0: off)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:0, ... or auto")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (per target and restart)")
-    p.add_argument("--max-images", type=positive_int, default=None, help="invert only the first N images of each shard")
+    p.add_argument("--max-images", type=positive_int, default=None,
+                   help="invert only the first N images of each shard (of the split, with --preceding)")
+    p.add_argument("--preceding", nargs="*", metavar="MANIFEST",
+                   help="per-shard manifests of the split's shards before --shard: --max-images counts the "
+                        "split's first N images")
     p.add_argument("--log-every", type=positive_int, default=1, help="log every k-th iteration")
     p.add_argument("--channels", choices=("auto", "1", "3"), default="auto",
                    help="reconstruct grey (1) or colour (3); auto: grey for representations of grey images")
@@ -293,11 +297,10 @@ def run(args) -> int:
     channels = None if args.channels == "auto" else int(args.channels)
     representation = args.representation or (
         f"{args.feature}_{params['layer']}" if "layer" in params else args.feature)
+    first = FirstImages(args.max_images, args.preceding)
     for i, (shard, out) in enumerate(zip(args.shard, args.out)):
         t0 = time.perf_counter()
-        keys, images, _ = load_shard_arrays(shard)
-        if args.max_images is not None:
-            keys, images = keys[: args.max_images], images[: args.max_images]
+        keys, images = first.images(shard)
         recs, logs = [], []
         for s in range(0, len(keys), args.batch_size):
             batch = torch.from_numpy(images[s: s + args.batch_size].transpose(0, 3, 1, 2).astype(np.float32))

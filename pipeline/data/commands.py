@@ -22,9 +22,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.data.imagefolder import Listing, SkipImage, imagefolder_listing, load_image_file
 from pipeline.data.sample import render_sample_entry, sample_index
-from pipeline.data.shards import Sample, write_shard
+from pipeline.data.shards import Sample, index_shard, load_shard_arrays, write_shard
 from pipeline.io import sha256_file, write_json
 from pipeline.options import nonnegative_int, positive_int
 
@@ -125,6 +127,42 @@ def merge_manifests(paths: list[str], out) -> dict:
         merged["labels"] = labels
     write_json(out, merged)
     return merged
+
+
+class FirstImages:
+    """The first ``max_images`` images of a split, met shard after shard.
+
+    With ``preceding`` (the per-shard manifests of the split's shards before
+    the first one given; [] for shard 0) ``max_images`` counts the images of
+    the whole split in shard order (Mahendran & Vedaldi 2015 invert the
+    first 100 ImageNet validation images); with None, the images
+    of each shard.  ``limit()``: how many images of the next shard to use;
+    ``passed(count)``: that shard held ``count`` images.
+    """
+
+    def __init__(self, max_images: int | None, preceding: list | None = None):
+        self.max_images, self.per_shard = max_images, preceding is None
+        before = sum(json.loads(Path(p).read_text())["count"] for p in preceding or [])
+        self.left = None if max_images is None else max_images - before
+
+    def limit(self) -> int | None:
+        if self.max_images is None:
+            return None
+        return self.max_images if self.per_shard else max(0, self.left)
+
+    def passed(self, count: int) -> None:
+        if self.left is not None:
+            self.left -= count
+
+    def images(self, shard) -> tuple[list[str], np.ndarray]:
+        """Keys and images (N, H, W, 3) of the next shard among the first images (none decoded when none is)."""
+        if self.limit() == 0:
+            self.passed(len(index_shard(shard)[0]))
+            return [], np.zeros((0, 0, 0, 3), np.uint8)
+        keys, images, _ = load_shard_arrays(shard)
+        n = self.limit()
+        self.passed(len(keys))
+        return (keys, images) if n is None else (keys[:n], images[:n])
 
 
 def configure_list_parser(p: argparse.ArgumentParser) -> None:

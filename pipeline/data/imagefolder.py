@@ -40,8 +40,10 @@ def _key_from_path(rel: str) -> str:
 def _read_val_labels(path: Path, classes: list[str], unknown: list | None = None) -> dict[str, int | None]:
     """Validation labels from a text file.
 
-    Two formats are accepted: lines ``<filename> <label>`` where label is a
-    class directory name (wnid) or an integer index; or ImageNet's
+    Two formats are accepted: lines ``<filename> <label>`` or
+    ``<filename>,<label>[ ...]`` where label is a class directory name (wnid)
+    or an integer index (ImageNet's ``LOC_val_solution.csv``: the label is the
+    wnid after the name, the boxes after it are ignored); or ImageNet's
     ``ILSVRC2012_validation_ground_truth.txt`` style of one integer per line,
     applied to the sorted file names (1-based labels in that file are taken
     as they are minus one when every label is >= 1).  A label that is
@@ -77,7 +79,8 @@ def _read_val_labels(path: Path, classes: list[str], unknown: list | None = None
         return {f"#{i}": index_of(str(v - off), n, f"#{i}", by_name=False)
                 for i, ((n, _), v) in enumerate(zip(lines, vals))}
     for n, ln in lines:
-        name, lab = ln[0].split(",")[0] if "," in ln[0] else ln[0], ln[-1].split(",")[-1]
+        name, _, rest = ln[0].partition(",")
+        lab = rest.split(",")[0] if rest else (ln[1].strip(",") if len(ln) > 1 else "")
         out[Path(name).stem] = index_of(lab, n, name)
     return out
 

@@ -3,16 +3,24 @@
 Dosovitskiy & Brox (2016) report roughly 5 ms per image for one forward pass
 of a paper-sized decoder on a GPU; this benchmark prints training images/s
 and inference ms/image of each decoder kind on the CPU and, when present,
-the GPU.
+the GPU.  ``python -m pipeline bench feed``: how fast the training data
+(image shards, and feature stores) reach the training loop with N workers.
 """
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from pipeline.data.shards import Sample, write_shard
 from pipeline.decoders.architectures import KINDS, build_decoder
+from pipeline.decoders.data import PairedData, epoch_batches, iter_batches
+from pipeline.features import get_feature
+from pipeline.store import write_store
 from pipeline.decoders.step import InversionModel, _amp_dtype, train_step
 from pipeline.options import parse_device
 
@@ -95,4 +103,57 @@ def bench_train(argv: list[str]) -> int:
         if ("cpu", kind) in results and ("cuda", kind) in results:
             c, g = results[("cpu", kind)], results[("cuda", kind)]
             print(f"{kind}: GPU/CPU speed-up training {g[0] / c[0]:.1f}x, inference {c[1] / g[1]:.1f}x")
+    return 0
+
+
+def _smooth_images(rng, n: int, size: int) -> np.ndarray:
+    """``n`` (size, size, 3) uint8 images: blurred colour blocks plus grain (JPEG-compressible like photos)."""
+    coarse = rng.uniform(0, 255, (n, 8, 8, 3)).astype(np.float32)
+    up = torch.nn.functional.interpolate(torch.from_numpy(coarse).permute(0, 3, 1, 2), size=(size, size),
+                                         mode="bicubic", align_corners=False).permute(0, 2, 3, 1).numpy()
+    return np.clip(up + rng.normal(0, 6, up.shape), 0, 255).astype(np.uint8)
+
+
+def bench_feed(argv: list[str]) -> int:
+    """Training images/s delivered by the decoders' data path (PairedData, random access into the
+    tars and the HDF5 feature stores, a shuffled epoch) with 0..N DataLoader workers, per worker."""
+    p = argparse.ArgumentParser(prog="python -m pipeline bench feed", description=bench_feed.__doc__)
+    p.add_argument("--images", type=int, default=1024)
+    p.add_argument("--size", type=int, default=256, help="image side in the shards (256: HOG/SIFT/LBP)")
+    p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--feature", default="hog", help="representation of the feature stores (float16, gzip)")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--batch-size", type=int, default=64)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    feature = get_feature(a.feature).eval()
+    with tempfile.TemporaryDirectory(prefix="bench-feed-") as tmp:
+        shards, stores = [], []
+        for s, start in enumerate(range(0, a.images, a.shard_size)):
+            x = _smooth_images(rng, min(a.shard_size, a.images - start), a.size)
+            keys = [f"img{start + i:07d}" for i in range(len(x))]
+            shards.append(Path(tmp, f"{s:05d}.tar"))
+            write_shard(shards[-1], (Sample(k, im) for k, im in zip(keys, x)), fmt="jpg")
+            with torch.no_grad():
+                f = torch.cat([feature(torch.from_numpy(x[i:i + 64]).permute(0, 3, 1, 2).float())
+                               for i in range(0, len(x), 64)]).numpy()
+            stores.append(Path(tmp, f"{s:05d}.h5"))
+            write_store(stores[-1], keys, f, feature=a.feature, params=dict(getattr(feature, "params", {})))
+        per = f[0].size * 2
+        print(f"bench feed: {a.images} JPEG images {a.size}x{a.size} (quality 95) in {len(shards)} shards, "
+              f"{a.feature} features {tuple(f.shape[1:])} float16 gzip ({per / 1e3:.0f} kB raw), batch {a.batch_size}")
+        for with_features in (False, True):
+            data = PairedData(shards, stores if with_features else None, in_memory=False)
+            for w in a.workers:
+                batches = epoch_batches(data.counts, 0, 0, a.batch_size)
+                it = iter_batches(data, batches, w)
+                next(it)  # workers started
+                t, n = time.perf_counter(), 0
+                for imgs, _ in it:
+                    n += len(imgs)
+                rate = n / (time.perf_counter() - t)
+                print(f"  {'images + features' if with_features else 'images only':18s} workers {w}: "
+                      f"{rate:8.0f} images/s" + (f" ({rate / w:.0f} per worker)" if w else " (main process)"))
+            data.close()
     return 0

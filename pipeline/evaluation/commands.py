@@ -26,7 +26,7 @@ from pipeline.evaluation.tables import (
     MV_TABLE1_COLUMNS, TABLE2_COLUMNS, _feature_module, compute_features,
     mv_table1, render_mv_table1_md, render_table2_md, table2,
 )
-from pipeline.evaluation.testset import TestSet, read_reconstructions
+from pipeline.evaluation.testset import TestSet, reconstructions_of
 from pipeline.io import atomic_path, write_caption_sidecar, write_text
 from pipeline.options import positive_int
 from pipeline.store import derive_store
@@ -227,7 +227,7 @@ def run_table2(args) -> int:
     elif args.train_shards:
         mean_image, _ = compute_mean_image(args.train_shards, test.size)
     elif args.floor_from_val:
-        mean_image, label = test.images.astype(np.float64).mean(axis=0), "val, in-sample"
+        mean_image, label = test.mean_image(), "val, in-sample"
     if not rows and mean_image is None:
         raise ValueError("nothing to evaluate: give --row and/or a floor (--mean-image, --train-shards, --floor-from-val)")
     per_image = [] if args.per_image else None
@@ -344,13 +344,12 @@ def run_grid(args) -> int:
     columns, weights = {}, set()
     for it in args.column:
         label, paths = _parse_assign(it, "--column")
-        idx, recs, meta = read_reconstructions(test, paths)
+        recs, meta = reconstructions_of(test, paths, sel)
         for m in meta:
             weights |= weights_in(m.params)
-        pos = {int(i): j for j, i in enumerate(idx)}
-        columns[label] = [recs[pos[i]] if i in pos else None for i in sel]
+        columns[label] = [recs.get(i) for i in sel]
     caption = _caption(args, weights)
-    figures.reconstruction_grid(args.out, test.images[sel], columns, caption=caption)
+    figures.reconstruction_grid(args.out, test.take(sel), columns, caption=caption)
     print(f"wrote {args.out}: {len(sel)} images x {len(columns)} columns")
     return 0
 
@@ -418,17 +417,17 @@ def _model_weights(payloads) -> set[str]:
 def run_fig8(args) -> int:
     test, keys = _figure_inputs(args)
     dec, enc, payload = load_decoder_callable(args.model, args.device, test.size)
-    x = images_nchw(test.images[[test.index[k] for k in keys]])
+    x = images_nchw(test.take([test.index[k] for k in keys]))
     feats = compute_features(enc, x, device=args.device)
     caption = _caption(args, _model_weights([payload]))
-    figures.figure_topk(args.out, test.images[[test.index[k] for k in keys]], feats, dec, k=args.k, caption=caption)
+    figures.figure_topk(args.out, test.take([test.index[k] for k in keys]), feats, dec, k=args.k, caption=caption)
     print(f"wrote {args.out}")
     return 0
 
 
 def _per_layer(args, test, keys):
     layers, payloads = {}, []
-    x = images_nchw(test.images[[test.index[k] for k in keys]])
+    x = images_nchw(test.take([test.index[k] for k in keys]))
     for layer, path in _models(args).items():
         dec, enc, payload = load_decoder_callable(path, args.device, test.size)
         payloads.append(payload)
@@ -441,7 +440,7 @@ def run_fig9(args) -> int:
     layers, payloads = _per_layer(args, test, keys)
     rows = {l: (compute_features(enc, x, device=args.device), dec) for l, (dec, enc, x) in layers.items()}
     caption = _caption(args, _model_weights(payloads))
-    figures.figure_perturbed(args.out, test.images[[test.index[k] for k in keys]], rows, kinds=args.kinds,
+    figures.figure_perturbed(args.out, test.take([test.index[k] for k in keys]), rows, kinds=args.kinds,
                              seed=args.seed, caption=caption)
     print(f"wrote {args.out}")
     return 0
@@ -460,7 +459,7 @@ def run_fig10(args) -> int:
         rows[l] = (f[0], f[1], dec)
     caption = _caption(args, _model_weights(payloads))
     figures.figure_interpolation(args.out, rows, steps=args.steps, caption=caption,
-                                 endpoints=test.images[[test.index[k] for k in pair]])
+                                 endpoints=test.take([test.index[k] for k in pair]))
     print(f"wrote {args.out}")
     return 0
 

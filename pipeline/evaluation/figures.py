@@ -24,12 +24,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.evaluation.metrics import (  # noqa: E402
-    images_nchw, mean_pairwise_distance, normalized_errors, prepare_reconstructions, summarize,
-)
+from pipeline.evaluation.metrics import normalized_errors, prepare_reconstructions, summarize  # noqa: E402
 from pipeline.evaluation.perturbations import interpolate, perturb, top_k_only, without_top_k  # noqa: E402
 from pipeline.evaluation.report import weights_in  # noqa: E402
-from pipeline.evaluation.testset import TestSet, read_reconstructions  # noqa: E402
+from pipeline.evaluation.testset import TestSet, iter_reconstructions  # noqa: E402
 from pipeline.images import image_grid, save_figure  # noqa: E402
 from pipeline.vocabulary import ALEXNET_LAYERS, FIGURE7_CURVES  # noqa: E402
 
@@ -51,15 +49,17 @@ def figure7(test: TestSet, points: dict[tuple[str, str], list[str]], *, dataset:
             ci: str = "bootstrap", seed: int = 0, norm_max_images: int | None = None) -> tuple[list[dict], set]:
     """Figure 7 records, one per (curve, layer) given, and the encoder weights seen in the stores."""
     labels = {**FIGURE7_CURVES, **(labels or {})}
-    norm = mean_pairwise_distance(images_nchw(test.images), max_items=norm_max_images, seed=seed)
+    norm = test.normaliser(norm_max_images, seed)
     curves = list(dict.fromkeys(c for c, _ in points))
     records, weights = [], set()
     for c in curves:
         for layer in sorted((l for cc, l in points if cc == c), key=_layer_order):
-            idx, recs, meta = read_reconstructions(test, points[(c, layer)])
+            meta, err = [], []
+            for idx, recs in iter_reconstructions(test, points[(c, layer)], meta):
+                err.append(normalized_errors(test.take(idx), recs, norm)[0])
             for m in meta:
                 weights |= weights_in(m.params)
-            err, _ = normalized_errors(test.images[idx], recs, norm)
+            err = np.concatenate(err)
             s = summarize(err, ci=ci, seed=seed)
             records.append({"curve": c, "label": labels.get(c, c), "layer": layer, "dataset": dataset,
                             "n_images": s.n, "error_mean": s.mean, "error_std": s.std,

@@ -6,6 +6,7 @@ records for CSV and as Markdown.  The metrics are in
 """
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from typing import Sequence
@@ -14,11 +15,11 @@ import numpy as np
 import torch
 
 from pipeline.evaluation.metrics import (
-    feature_errors, images_nchw, mean_pairwise_distance, normalized_errors, prepare_reconstructions,
+    feature_errors, images_nchw, mean_pairwise_distance_streamed, normalized_errors, prepare_reconstructions,
     psnr_per_image, ssim_per_image, summarize,
 )
 from pipeline.evaluation.report import _fmt, markdown_table
-from pipeline.evaluation.testset import TestSet, read_reconstructions
+from pipeline.evaluation.testset import CHUNK, RowFile, TestSet, iter_reconstructions
 from pipeline.features import get_feature
 from pipeline.store import FeatureStore, ReconstructionMeta
 from pipeline.vocabulary import FLOOR_ROW, MV_TABLE1_ROWS, TABLE2_ROWS
@@ -28,18 +29,24 @@ from pipeline.vocabulary import FLOOR_ROW, MV_TABLE1_ROWS, TABLE2_ROWS
 
 def evaluate_image_row(test: TestSet, stores: Sequence, norm: float, *, ci: str = "bootstrap",
                        seed: int = 0, ssim: bool = True) -> dict:
-    """Image-space metrics of one row: per-image arrays and summaries."""
-    idx, recs, meta = read_reconstructions(test, stores)
-    x = test.images[idx]
-    err, _ = normalized_errors(x, recs, norm)
-    out = {"keys": [test.keys[i] for i in idx], "error": err, "meta": meta,
+    """Image-space metrics of one row: per-image arrays and summaries (the stores streamed a chunk at a time)."""
+    meta, idx, err, ps, ss = [], [], [], [], []
+    for i, recs in iter_reconstructions(test, stores, meta):
+        x = test.take(i)
+        idx.append(i)
+        err.append(normalized_errors(x, recs, norm)[0])
+        ps.append(psnr_per_image(x, recs))
+        if ssim:
+            ss.append(ssim_per_image(x, recs))
+    err, ps = np.concatenate(err), np.concatenate(ps)
+    out = {"keys": [test.keys[i] for i in np.concatenate(idx)], "error": err, "meta": meta,
            "error_summary": summarize(err, ci=ci, seed=seed)}
-    ps = psnr_per_image(x, recs)
     out["psnr"], out["psnr_summary"] = ps, summarize(ps, ci=ci, seed=seed)
     if ssim:
-        ss = ssim_per_image(x, recs)
+        ss = np.concatenate(ss)
         out["ssim"], out["ssim_summary"] = ss, summarize(ss, ci=ci, seed=seed)
     return out
+
 
 
 def _row_record(row_id: str, name: str, method: str, rep: str, res: dict, *, dataset: str,
@@ -73,7 +80,7 @@ def table2(test: TestSet, rows: dict[str, list[str]], *, dataset: str, mean_imag
     unknown = [r for r in rows if r not in TABLE2_ROWS]
     if unknown:
         raise ValueError(f"unknown Table 2 rows {unknown}; choose from {', '.join(TABLE2_ROWS)}")
-    norm = mean_pairwise_distance(images_nchw(test.images), max_items=norm_max_images, seed=seed)
+    norm = test.normaliser(norm_max_images, seed)
     records = []
     for rid, (name, method, rep, paper) in TABLE2_ROWS.items():
         if rid not in rows:
@@ -86,9 +93,13 @@ def table2(test: TestSet, rows: dict[str, list[str]], *, dataset: str, mean_imag
                           for k, e, p, s in zip(res["keys"], res["error"], res["psnr"], res["ssim"])]
     if mean_image is not None:
         rec = np.asarray(mean_image, dtype=np.float32).transpose(2, 0, 1)[None]
-        recs = np.broadcast_to(rec, (len(test.keys),) + rec.shape[1:])
-        err, _ = normalized_errors(test.images, recs, norm)
-        ps, ss = psnr_per_image(test.images, recs), ssim_per_image(test.images, recs)
+        err, ps, ss = [], [], []
+        for _, x in test.blocks():
+            recs = np.broadcast_to(rec, (len(x),) + rec.shape[1:])
+            err.append(normalized_errors(x, recs, norm)[0])
+            ps.append(psnr_per_image(x, recs))
+            ss.append(ssim_per_image(x, recs))
+        err, ps, ss = np.concatenate(err), np.concatenate(ps), np.concatenate(ss)
         res = {"error_summary": summarize(err, ci=ci, seed=seed), "psnr_summary": summarize(ps, ci=ci, seed=seed),
                "ssim_summary": summarize(ss, ci=ci, seed=seed)}
         name = "Mean image (floor)" if floor_label == "train" else f"Mean image (floor; {floor_label})"
@@ -196,12 +207,13 @@ def mv_table1(test: TestSet, rows: dict[str, list[str]], *, dataset: str, featur
     if unknown:
         raise ValueError(f"unknown Table 1 rows {unknown}; choose from {', '.join(MV_TABLE1_ROWS)}")
     features, feature_names, feature_params = features or {}, feature_names or {}, feature_params or {}
-    x_all = images_nchw(test.images)
     records = []
     for rid, (name, method, rep, paper, paper_std) in MV_TABLE1_ROWS.items():
         if rid not in rows:
             continue
-        idx, recs, meta = read_reconstructions(test, rows[rid])
+        meta = []
+        batches = _rebatched(iter_reconstructions(test, rows[rid], meta), batch_size)
+        first = next(batches)  # reads the first store's meta
         fname, fparams = representation_of_store(meta[0]) if rid not in feature_names else (feature_names[rid], {})
         if rid in feature_params:
             fparams = feature_params[rid]
@@ -210,27 +222,24 @@ def mv_table1(test: TestSet, rows: dict[str, list[str]], *, dataset: str, featur
                   file=sys.stderr)
         module = _feature_module(fname, fparams, device)
         if rid in features:
-            ref = [None] * len(test.keys)
-            for p in features[rid]:
-                with FeatureStore(p) as st:
-                    test.verify(p, st.attrs)
-                    arr = st.all()
-                    for j, k in enumerate(st.keys):
-                        if k in test.index:
-                            ref[test.index[k]] = torch.from_numpy(arr[j])
-            missing = [test.keys[i] for i, r in enumerate(ref) if r is None]
-            if missing:
-                raise ValueError(f"--features {rid}: no features for {len(missing)} test images, e.g. {missing[0]!r}")
-            phi_x = torch.stack(ref)
+            phi_x = _stored_features(test, rid, features[rid])
         else:
-            phi_x = compute_features(module, x_all, batch_size, device)
-        norm = mean_pairwise_distance(phi_x)
-        r = prepare_reconstructions(recs, test.size)
-        phi_r = compute_features(module, r, batch_size, device)
-        if phi_r.shape[1:] != phi_x.shape[1:]:
-            raise ValueError(f"row {rid}: features of reconstructions {tuple(phi_r.shape[1:])} and images "
-                             f"{tuple(phi_x.shape[1:])} differ")
-        err, _ = feature_errors(phi_r, phi_x[torch.from_numpy(idx)], norm)
+            phi_x = None
+            for _, x in test.blocks(batch_size):
+                f = compute_features(module, images_nchw(x), batch_size, device).numpy()
+                if phi_x is None:
+                    phi_x = RowFile(f.shape[1:], np.float32)
+                phi_x.append(f)
+        norm = mean_pairwise_distance_streamed(lambda i: torch.from_numpy(phi_x.take(i)), len(phi_x))
+        err = []
+        for idx, recs in itertools.chain([first], batches):
+            r = prepare_reconstructions(recs, test.size)
+            phi_r = compute_features(module, r, batch_size, device)
+            if phi_r.shape[1:] != phi_x.item_shape:
+                raise ValueError(f"row {rid}: features of reconstructions {tuple(phi_r.shape[1:])} and images "
+                                 f"{phi_x.item_shape} differ")
+            err.append(feature_errors(phi_r, torch.from_numpy(phi_x.take(idx)), norm)[0])
+        err = np.concatenate(err)
         s = summarize(100.0 * err, ci=ci, seed=seed)
         records.append({
             "row": rid, "name": name, "method": method, "representation": rep, "feature": fname,
@@ -240,6 +249,41 @@ def mv_table1(test: TestSet, rows: dict[str, list[str]], *, dataset: str, featur
             "paper_error_pct": paper, "paper_std_pct": paper_std, "ci_method": s.method,
         })
     return records
+
+
+def _rebatched(chunks, batch_size: int):
+    """(indices, reconstructions) regrouped in batches of ``batch_size`` across stores (the last one smaller)."""
+    idx, recs, n = [], [], 0
+    for i, r in chunks:
+        idx.append(i)
+        recs.append(r)
+        n += len(i)
+        while n >= batch_size:
+            i_all, r_all = np.concatenate(idx), np.concatenate(recs)
+            yield i_all[:batch_size], r_all[:batch_size]
+            idx, recs, n = [i_all[batch_size:]], [r_all[batch_size:]], n - batch_size
+    if n:
+        yield np.concatenate(idx), np.concatenate(recs)
+
+
+def _stored_features(test: TestSet, rid: str, stores: Sequence) -> RowFile:
+    """Phi(x) of the test images from feature stores (matched by key), in test order, in a :class:`RowFile`."""
+    rows, have = None, np.zeros(len(test), bool)
+    for p in stores:
+        with FeatureStore(p) as st:
+            test.verify(p, st.attrs)
+            pos = [(j, test.index[k]) for j, k in enumerate(st.keys) if k in test.index]
+            for s in range(0, len(pos), CHUNK):
+                part = pos[s:s + CHUNK]
+                arr = st[[j for j, _ in part]]
+                if rows is None:
+                    rows = RowFile(arr.shape[1:], np.float32)
+                rows.put([i for _, i in part], arr)
+                have[[i for _, i in part]] = True
+    missing = [test.keys[i] for i in np.flatnonzero(~have)]
+    if missing:
+        raise ValueError(f"--features {rid}: no features for {len(missing)} test images, e.g. {missing[0]!r}")
+    return rows
 
 
 def render_mv_table1_md(records: list[dict], caption: str) -> str:

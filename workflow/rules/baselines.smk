@@ -2,15 +2,29 @@
 import shlex
 
 
+def preceding_manifests(size, shard):
+    """With mv.max_images (the first N validation images, in shard order): the manifests
+    of the shards before ``shard``, whose image counts place it in the split."""
+    if config["mv"]["max_images"] is None:
+        return []
+    return [f"data/shards/{size}px/val/{s}.json" for s in shard_ids("val")[: int(shard)]]
+
+
+def preceding_arg(input):
+    return f"--preceding {' '.join(input.preceding)}" if config["mv"]["max_images"] is not None else ""
+
+
 rule invert_mv:
     input:
         images=lambda w: f"data/shards/{rep_size(w.rep)}px/val/{w.shard}.tar",
+        preceding=lambda w: preceding_manifests(rep_size(w.rep), w.shard),
     output:
         store="results/reconstructions/mv/{rep}/{shard}.h5",
         log="results/reconstructions/mv/{rep}/{shard}.csv",
     params:
         feature=lambda w: shlex.quote(REPS[w.rep]["feature"]),
         fparams=lambda w: as_json(REPS[w.rep]["params"]),
+        preceding=lambda w, input: preceding_arg(input),
         # null iterations: the paper's schedule
         settings=as_json(
             dict(
@@ -32,7 +46,7 @@ rule invert_mv:
     shell:
         "OMP_NUM_THREADS={threads} python -m pipeline invert-mv --settings {params.settings} --shard {input.images}"
         " --out {output.store} --log {output.log} --feature {params.feature} --params {params.fparams}"
-        " --representation {wildcards.rep} > {log} 2>&1"
+        " --representation {wildcards.rep} {params.preceding} > {log} 2>&1"
 
 
 rule train_hoggles:
@@ -64,9 +78,11 @@ rule invert_hoggles:
     input:
         dictionary="results/models/hoggles/dictionary.npz",
         images=lambda w: f"data/shards/{rep_size('hog')}px/val/{w.shard}.tar",
+        preceding=lambda w: preceding_manifests(rep_size("hog"), w.shard),
     output:
         "results/reconstructions/hoggles/hog/{shard}.h5",
     params:
+        preceding=lambda w, input: preceding_arg(input),
         settings=as_json(dict(pick(config["hoggles"], "solver"), **pick(config["mv"], "max_images"))),
     log:
         "logs/invert_hoggles/{shard}.log",
@@ -80,4 +96,4 @@ rule invert_hoggles:
         mem_mb=8000,
     shell:
         "OMP_NUM_THREADS={threads} python -m pipeline invert-hoggles invert --settings {params.settings}"
-        " --dict {input.dictionary} --shard {input.images} --out {output} > {log} 2>&1"
+        " --dict {input.dictionary} --shard {input.images} --out {output} {params.preceding} > {log} 2>&1"

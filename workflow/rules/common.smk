@@ -57,6 +57,11 @@ def _check_config():
     for layer in config["decoders"]["alexnet_layers"] + config["decoders"]["autoencoder_layers"] + config["mv"]["alexnet_layers"]:
         if layer not in config["alexnet"]["layers"]:
             raise ValueError(f"decoders/mv: AlexNet layer {layer!r} is not in alexnet.layers {config['alexnet']['layers']}")
+    if (config["evaluation"]["val_shards"] or 0) > ds["shards"]["val"]:
+        raise ValueError(
+            f"evaluation.val_shards: {config['evaluation']['val_shards']} of only {ds['shards']['val']} "
+            "validation shards (dataset.shards.val)"
+        )
     known = set(config["representations"]) | {f"alexnet_{l}" for l in config["alexnet"]["layers"]}
     for rep in config["decoders"]["overrides"]:
         if rep not in known:
@@ -110,6 +115,15 @@ def shard_ids(split):
 
 def shard_paths(size, split):
     return expand("data/shards/{size}px/{split}/{shard}.tar", size=size, split=split, shard=shard_ids(split))
+
+
+def eval_shard_ids():
+    """The validation shards evaluated (evaluation.val_shards: the first K)."""
+    return shard_ids("val")[: config["evaluation"]["val_shards"]]
+
+
+def eval_shard_paths(size):
+    return expand("data/shards/{size}px/val/{shard}.tar", size=size, shard=eval_shard_ids())
 
 
 def feature_paths(rep, split):

@@ -19,7 +19,7 @@ rule mean_image:
 
 rule table2:
     input:
-        images=lambda w: shard_paths(rep_size("hog") if "hog" in REPS else image_sizes()[0], "val"),
+        images=lambda w: eval_shard_paths(rep_size("hog") if "hog" in REPS else image_sizes()[0]),
         mean=lambda w: f"results/eval/mean_image_{rep_size('hog') if 'hog' in REPS else image_sizes()[0]}px.npy",
         stores=lambda w: [p for paths in table2_rows().values() for p in paths],
         figures=lambda w: run_figures("table2"),
@@ -56,7 +56,7 @@ rule table2:
 
 rule mv_table1:
     input:
-        images=lambda w: shard_paths(rep_size("hog"), "val"),
+        images=lambda w: eval_shard_paths(rep_size("hog")),
         stores=lambda w: [p for paths in mv_table1_rows().values() for p in paths],
         figures=lambda w: run_figures("mv_table1"),
     output:
@@ -77,7 +77,7 @@ rule mv_table1:
         ),
     params:
         rows=lambda w: labelled_args("--row", mv_table1_rows().items()),
-        settings=as_json(caption_settings()),
+        settings=as_json(caption_settings(max_images=baseline_images())),
     log:
         "logs/mv_table1.log",
     benchmark:
@@ -91,7 +91,7 @@ rule mv_table1:
 
 rule figure7:
     input:
-        images=lambda w: shard_paths(config["alexnet"]["image_size"], "val"),
+        images=lambda w: eval_shard_paths(config["alexnet"]["image_size"]),
         stores=lambda w: [p for paths in figure7_points().values() for p in paths],
         figures=lambda w: run_figures("figure7"),
     output:
@@ -119,9 +119,7 @@ rule figure7:
 
 rule grid:
     input:
-        images=lambda w: shard_paths(
-            rep_size("hog") if w.which == "shallow" else config["alexnet"]["image_size"], "val"
-        ),
+        images=lambda w: eval_shard_paths(rep_size("hog") if w.which == "shallow" else config["alexnet"]["image_size"]),
         stores=lambda w: [p for paths in grid_columns(w.which).values() for p in paths],
     output:
         report(
@@ -149,7 +147,7 @@ rule grid:
 
 rule alexnet_figure:
     input:
-        images=lambda w: shard_paths(config["alexnet"]["image_size"], "val"),
+        images=lambda w: eval_shard_paths(config["alexnet"]["image_size"]),
         models=lambda w: [f"results/models/alexnet_{l}/decoder.pt" for l in figure_layers(w.fig)],
     output:
         report(

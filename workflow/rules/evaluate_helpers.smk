@@ -9,7 +9,7 @@ DB2016, MV2015, MV2016 = PAPERS
 
 
 def recon(method, rep):
-    return expand("results/reconstructions/{method}/{rep}/{shard}.h5", method=method, rep=rep, shard=shard_ids("val"))
+    return expand("results/reconstructions/{method}/{rep}/{shard}.h5", method=method, rep=rep, shard=eval_shard_ids())
 
 
 def labelled_args(option, items):
@@ -19,15 +19,24 @@ def labelled_args(option, items):
     return " ".join(f"{option} {w}" for w in words)
 
 
-def caption_settings(stats=True, alexnet=True):
+def caption_settings(stats=True, alexnet=True, max_images=None):
     """Dataset and weights for captions (without ``alexnet``, for what uses no AlexNet, the
-    weights are null: left out); with ``stats`` the interval method, seed, image subset."""
+    weights are null: left out); with ``stats`` the interval method, seed, image subset
+    (``max_images``, default evaluation.max_images: the decoders' evaluation set)."""
     a = config["alexnet"]
     weights = (a["weights"] if a["layers"] else "none") if alexnet else None
     settings = {"dataset": config["dataset"]["name"], "weights": weights}
     if stats:
         settings.update(pick(config["evaluation"], "ci", "max_images"), seed=config["seed"])
+        if max_images is not None:
+            settings["max_images"] = max_images
     return settings
+
+
+def baseline_images():
+    """The baselines' first N validation images (mv.max_images), within the evaluation's (evaluation.max_images)."""
+    n = [v for v in (config["mv"]["max_images"], config["evaluation"]["max_images"]) if v is not None]
+    return min(n) if n else None
 
 
 def _row_configured(method, rep):
