@@ -303,3 +303,31 @@ def test_dsift_gradient_is_finite_where_gx_equals_gy():
         assert torch.isfinite(x.grad).all()
     rec, log = mv.invert(feat, photos.detach(), iterations=8, seed=0)
     assert torch.isfinite(rec).all() and np.isfinite(log.values["feature_loss"]).all()
+
+
+@register("test_invert_nan")
+class NaNFeature(RandConv):
+    """RandConv whose values are NaN: an inversion through it cannot be finite."""
+
+    name = "test_invert_nan"
+
+    def forward(self, x):
+        return super().forward(x) * float("nan")
+
+
+def test_a_non_finite_inversion_is_an_error_naming_the_shard_and_keys(tmp_path):
+    from pipeline.cli import main
+    from pipeline.data.shards import Sample, write_shard
+
+    imgs = [photo(n, 16)[0].permute(1, 2, 0).numpy().round().astype(np.uint8) for n in ("astronaut", "coffee")]
+    shard = tmp_path / "val-000.tar"
+    write_shard(shard, [Sample(f"k{i}", im) for i, im in enumerate(imgs)])
+    out = tmp_path / "rec.h5"
+    with pytest.raises(descent.NonFiniteInversionError, match=r"val-000\.tar.*feature_loss.*'k0', 'k1'"):
+        main(["invert-mv", "--shard", str(shard), "--out", str(out), "--feature", "test_invert_nan",
+              "--iterations", "2"])
+    assert not out.exists()
+    ok = torch.zeros(2, 1, 4, 4)
+    descent.check_finite("s", ["a", "b"], ok, {"energy": np.array([1.0, 2.0])})
+    with pytest.raises(descent.NonFiniteInversionError, match=r"s: .*pixels.* 1 of 2 .*'b'"):
+        descent.check_finite("s", ["a", "b"], torch.stack([ok[0], ok[1] / 0]), {"energy": np.ones(2)})

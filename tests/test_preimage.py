@@ -252,3 +252,23 @@ def test_grids_name_layers_and_channels_plainly(tmp_path, monkeypatch):
                  "--layers", "features.0", "--units", "0", "3", "--size", str(SIZE), "--iterations", "2",
                  "--grid", str(tmp_path / "g.png"), "--threads", "1"]) == 0
     assert seen["col_labels"] == ["channel 0", "channel 3"] and seen["row_labels"] == ["features.0"]
+
+
+class NaNNet(SmallNet):
+    """SmallNet whose first convolution has NaN biases: every layer's code is NaN."""
+
+    def __init__(self):
+        super().__init__()
+        with torch.no_grad():
+            self.features[0].bias.fill_(float("nan"))
+
+
+def test_a_non_finite_pre_image_is_an_error_naming_the_shard_and_keys(shards, tmp_path):
+    from pipeline.baselines.descent import NonFiniteInversionError
+
+    out = tmp_path / "nan.h5"
+    with pytest.raises(NonFiniteInversionError, match=r"val\.tar \(features\.2, invert\).*'features\.2/v0'"):
+        main(["preimage", "--mode", "invert", "--feature", "torch",
+              "--params", json.dumps({"model": f"{__name__}:NaNNet", "layer": "features.2"}),
+              "--shard", shards["val"], "--iterations", "2", "--out", str(out), "--threads", "1"])
+    assert not out.exists()

@@ -149,6 +149,24 @@ class InversionLog:
                 w.writerow(row)
 
 
+class NonFiniteInversionError(RuntimeError):
+    """An inversion ended with non-finite pixels or energy (never written as a result)."""
+
+
+def check_finite(where: str, keys: Sequence[str], images: torch.Tensor, values: dict[str, np.ndarray]) -> None:
+    """Raise :class:`NonFiniteInversionError` naming ``where`` (a shard) and the targets
+    whose result ``images`` (N, ...) or final ``values`` (name -> (N,)) are not finite."""
+    bad_img = ~torch.isfinite(images.detach().reshape(len(keys), -1)).all(dim=1).cpu().numpy()
+    bad = {name: ~np.isfinite(np.asarray(v, dtype=np.float64)) for name, v in values.items()}
+    any_bad = bad_img | np.logical_or.reduce(list(bad.values())) if bad else bad_img
+    if any_bad.any():
+        idx = np.flatnonzero(any_bad)
+        what = ", ".join([n for n, b in bad.items() if b.any()] + (["pixels"] if bad_img.any() else []))
+        names = ", ".join(repr(str(keys[i])) for i in idx[:5]) + (" ..." if len(idx) > 5 else "")
+        raise NonFiniteInversionError(
+            f"{where}: inversion not finite ({what}) for {len(idx)} of {len(keys)} target(s): {names}")
+
+
 def noise_init(seed: int, key: str, restart: int, shape: tuple[int, ...]) -> torch.Tensor:
     """Unit-norm Gaussian noise from a generator seeded by (seed, key, restart) (CPU, float64)."""
     h = hashlib.sha256(f"{int(seed)}/{key}/{int(restart)}".encode()).digest()

@@ -43,6 +43,7 @@ from pipeline.baselines.descent import (
     MOMENTUM,
     SCHEDULES,
     InversionLog,
+    check_finite,
     default_schedule,
     descend,
     make_schedule,
@@ -311,6 +312,7 @@ def run(args) -> int:
                 clamp=args.clamp if args.clamp > 0 else None,
                 restarts=args.restarts, seed=args.seed, device=device, log_every=args.log_every,
             )
+            check_finite(str(shard), log.keys, rec, {c: log.final(c) for c in ("energy", "feature_loss")})
             rec = rec.expand(-1, 3, -1, -1) if rec.shape[1] == 1 else rec
             recs.append(rec.to("cpu", torch.float32).numpy())
             logs.append(log)
