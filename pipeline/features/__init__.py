@@ -55,6 +55,9 @@ _TRAITS: dict[str, Traits] = {}
 _WEIGHT_CHECKS: dict[str, Callable[..., None]] = {}
 # Modules that register the built-in representations when imported.
 _BUILTIN_MODULES = ("hog", "lbp", "sift", "alexnet", "torchmodel", "efficientnet_lite0")
+
+
+_BUILTIN_MODULES = ("hog", "lbp", "sift", "cnn_shallow", "alexnet", "torchmodel")
 _loaded = False
 
 
