@@ -167,6 +167,13 @@ def test_paper_constants_and_scaling():
         assert terms.default_lambda_tv("alexnet", {"layer": layer, "arch": "caffenet"})[0] == lam, layer
     assert terms.cnn_a_layer_index("conv2", "torchvision") == 7
     assert terms.default_lambda_tv("hog")[0] == 5.0
+    # the paper's text (5) and the authors' Table 1 script (lambdaTV = 1 -> 0.5), for every shallow variant
+    for name in ("hog", "hogb", "dsift", "cnn_hog", "cnn_hogb", "cnn_dsift"):
+        assert terms.default_lambda_tv(name, source="paper")[0] == 5.0
+        assert terms.default_lambda_tv(name, source="script")[0] == 0.5
+    assert terms.default_lambda_tv("alexnet", {"layer": "fc8"}, source="script")[0] == 50.0
+    with pytest.raises(ValueError, match="source"):
+        terms.default_lambda_tv("hog", source="code")
     assert descent.default_schedule("alexnet") == "cnn" and descent.default_schedule("hog") == "shallow"
     with pytest.raises(ValueError, match="layer"):
         terms.cnn_a_layer_index("conv9")
@@ -225,6 +232,22 @@ def test_alexnet_layer_inversion_runs_and_reduces_loss():
     assert log.settings["lambda_tv"] == 0.5 and log.settings["schedule"] == "cnn"
     assert rec.shape == (1, 3, 67, 67)
     assert fl[-1] < 0.5 * fl[0]
+
+
+def test_tv_source_option_sets_the_shallow_weight(tmp_path):
+    from pipeline.cli import main
+    from pipeline.data.shards import Sample, write_shard
+    from pipeline.store import ReconstructionStore
+
+    shard = tmp_path / "val.tar"
+    write_shard(shard, [Sample("k0", photo("coffee", 32)[0].permute(1, 2, 0).numpy().round().astype(np.uint8))])
+    for source, lam in (("paper", 5.0), ("script", 0.5)):
+        out = tmp_path / f"{source}.h5"
+        assert main(["invert-mv", "--shard", str(shard), "--out", str(out), "--feature", "cnn_hog",
+                     "--iterations", "2", "--tv-source", source]) == 0
+        with ReconstructionStore(out) as st:
+            inv = st.meta.params["inversion"]
+            assert inv["lambda_tv"] == lam and inv["tv_source"] == source and inv["channels"] == 1
 
 
 def test_cli_writes_store_and_log(tmp_path):

@@ -57,6 +57,7 @@ from pipeline.baselines.terms import (
     GRAY_MEAN,
     LAMBDA_ALPHA,
     RGB_MEAN,
+    TV_SOURCES,
     AlphaNorm,
     FeatureLoss,
     State,
@@ -87,6 +88,7 @@ def invert(
     beta: float = BETA,
     lambda_alpha: float = LAMBDA_ALPHA,
     lambda_tv: float | None = None,
+    tv_source: str = "paper",
     schedule: str | Sequence[tuple[int, float]] | None = None,
     lr: float | None = None,
     iterations: int | None = None,
@@ -111,7 +113,8 @@ def invert(
     independent of its position in the batch).  ``channels``: 1 (grey) or 3;
     default 1 for representations of grey images.  ``lambda_alpha`` and
     ``lambda_tv`` are the 227x227 values (see the module docstring);
-    ``lambda_tv`` defaults to :func:`default_lambda_tv`.  ``schedule`` defaults
+    ``lambda_tv`` defaults to :func:`default_lambda_tv` (``tv_source``: the
+    paper's text or the authors' Table 1 script for the shallow representations).  ``schedule`` defaults
     to :func:`default_schedule`.  ``extra_terms`` are added to the energy.
     ``clamp``: after every step, pixels are kept within ``clamp * B`` grey
     levels of the mean (None: never; see the module docstring).
@@ -156,7 +159,7 @@ def invert(
     if optimizer not in ("momentum", "adam"):
         raise ValueError(f"optimizer must be 'momentum' or 'adam', got {optimizer!r}")
     if lambda_tv is None:
-        lambda_tv, _ = default_lambda_tv(fname, fparams)
+        lambda_tv, _ = default_lambda_tv(fname, fparams, tv_source)
     if schedule is None:
         schedule = default_schedule(fname)
     if optimizer == "adam" and lr is None:
@@ -218,7 +221,7 @@ def invert(
         images = images[torch.arange(N, device=device), torch.as_tensor(best, device=device)]
     settings = {
         "method": "mahendran-vedaldi", "feature": fname, "feature_params": fparams,
-        "alpha": alpha, "beta": beta, "lambda_alpha": lambda_alpha, "lambda_tv": lambda_tv,
+        "alpha": alpha, "beta": beta, "lambda_alpha": lambda_alpha, "lambda_tv": lambda_tv, "tv_source": tv_source,
         "lambda_alpha_scaled": lam_a, "lambda_tv_scaled": lam_v, "sigma": sigma,
         "schedule": schedule if isinstance(schedule, str) else [list(s) for s in schedule],
         "segments": [[n, r] for n, r in segments], "iterations": it, "momentum": momentum,
@@ -271,6 +274,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=("momentum", "adam"), default="momentum",
                    help="gradient descent with momentum (the paper's) or Adam")
     p.add_argument("--clamp", type=nonnegative_float, default=CLAMP,
+
+
+                   help="TV^beta weight at 227x227 (default: Mahendran & Vedaldi 2015's, see --tv-source)")
+    p.add_argument("--tv-source", choices=TV_SOURCES, default="paper",
+                   help="default TV weight of HOG/HOGb/DSIFT: the paper's text (lambda_V = 5) or the authors' "
+                        "Table 1 script (0.5)")
+    p.add_argument("--alpha", type=float, default=ALPHA)
+    p.add_argument("--beta", type=float, default=BETA)
+    p.add_argument("--restarts", type=int, default=1, help="random restarts per target (best kept)")
+    p.add_argument("--batch-size", type=int, default=16, help="targets optimised together")
+    p.add_argument("--optimizer", choices=("momentum", "adam"), default="momentum")
+    p.add_argument("--clamp", type=float, default=CLAMP,
                    help="keep pixels within CLAMP*128 grey levels of the mean during the descent "
                         "(safeguard against the alpha-norm's step instability; 0: off)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:0, ... or auto")
@@ -308,6 +323,7 @@ def run(args) -> int:
             rec, log = invert(
                 feature, batch, keys=keys[s: s + args.batch_size], channels=channels,
                 alpha=args.alpha, beta=args.beta, lambda_alpha=args.lambda_alpha, lambda_tv=args.lambda_tv,
+                tv_source=args.tv_source,
                 schedule=args.schedule, lr=args.lr, iterations=args.iterations, optimizer=args.optimizer,
                 clamp=args.clamp if args.clamp > 0 else None,
                 restarts=args.restarts, seed=args.seed, device=device, log_every=args.log_every,

@@ -31,7 +31,8 @@ sigma and B (Mahendran & Vedaldi 2015, section 2, "Balancing the different terms
   Chinese text of section 5 prints ``2.16 x 10^-8``, a sign slip: the
   authors' code, ``lambdaL2 = 8e-10`` on pixel units, is ``2.16e8`` in the
   normalised units, see below), ``lambda_V = 5`` for HOG/HOGb/DSIFT
-  (section 4) and, for CNN-A, ``lambda_V = 0.5`` for layers 1-6, ``5`` for
+  (section 4; the authors' Table 1 script ran 0.5, see below and
+  :func:`default_lambda_tv`) and, for CNN-A, ``lambda_V = 0.5`` for layers 1-6, ``5`` for
   layers 7-12 and ``50`` for layers 13-20 (section 5, the bold rows of
   Table 3).  (B is easily paraphrased as "the mean image norm"; the paper's
   sigma is that norm and B is the pixel range.)
@@ -45,6 +46,10 @@ grad_pix E``.  That is exactly gradient descent on eq. 3 in the normalised
 variable ``x`` with step ``lr``, ``lambda_a = lambdaL2/2 sigma^4`` (= 2.16e8
 for their 8e-10) and ``lambda_V = lambdaTV/2`` (their 1, 10, 100 in
 ``experiment_cnn.m`` = Table 3's 0.5, 5, 50).  We implement it in that form.
+The Table 1 script (``experiment_shallow_quantitative.m``) inverts HOG, HOGb
+and DSIFT with ``lambdaTV = 1``, i.e. ``lambda_V = 0.5``, not the text's 5:
+both are available (``source`` of :func:`default_lambda_tv`, ``invert-mv
+--tv-source``).
 
 Image size.  The constants are for 227x227.  For another size we keep
 sigma "the average norm of natural images *of that size*":
@@ -102,8 +107,15 @@ ALPHA = 6.0
 BETA = 2.0
 #: lambda_alpha at 227x227 (Mahendran & Vedaldi 2015, sections 4 and 5).
 LAMBDA_ALPHA = 2.16e8
-#: lambda_V for HOG, HOGb, DSIFT (Mahendran & Vedaldi 2015, section 4).
+#: lambda_V for HOG, HOGb, DSIFT: the text of Mahendran & Vedaldi 2015, section 4 ...
 LAMBDA_TV_SHALLOW = 5.0
+#: ... and what the authors' Table 1 script ran (``experiment_shallow_quantitative.m``:
+#: ``lambdaTV = 1``, i.e. ``lambda_V = lambdaTV / 2 = 0.5`` in eq. 3's units).
+LAMBDA_TV_SHALLOW_SCRIPT = 0.5
+#: Which of the two the shallow representations get: ``paper`` (5) or ``script`` (0.5).
+TV_SOURCES = ("paper", "script")
+#: The representations of Mahendran & Vedaldi 2015, section 4 (VLFeat's and the authors' CNN versions).
+SHALLOW_FEATURES = ("hog", "hogb", "dsift", "cnn_hog", "cnn_hogb", "cnn_dsift")
 #: lambda_V for CNN-A layers 1-6, 7-12, 13-20 (Mahendran & Vedaldi 2015, section 5, Table 3).
 LAMBDA_TV_CNN = (0.5, 5.0, 50.0)
 #: Pixel range half-width of the paper's rule of thumb.
@@ -182,8 +194,15 @@ def cnn_a_layer_index(layer: str, arch: str = "caffenet") -> int:
     return CNN_A_LAYERS.index(name) + 1
 
 
-def default_lambda_tv(name: str, params: dict | None = None) -> tuple[float, str]:
-    """(lambda_V at 227x227, why) for a representation, from Mahendran & Vedaldi 2015."""
+def default_lambda_tv(name: str, params: dict | None = None, source: str = "paper") -> tuple[float, str]:
+    """(lambda_V at 227x227, why) for a representation, from Mahendran & Vedaldi 2015.
+
+    ``source`` chooses, for the shallow representations (:data:`SHALLOW_FEATURES`),
+    between the paper's text (``paper``: 5) and the authors' Table 1 script
+    (``script``: 0.5); the two disagree (README, "Where we differ from the papers").
+    """
+    if source not in TV_SOURCES:
+        raise ValueError(f"source must be one of {TV_SOURCES}, got {source!r}")
     params = params or {}
     if name in ("alexnet", "caffenet") and "layer" in params:
         arch = str(params.get("arch", "caffenet"))
@@ -191,7 +210,10 @@ def default_lambda_tv(name: str, params: dict | None = None) -> tuple[float, str
         group = 0 if idx <= 6 else (1 if idx <= 12 else 2)
         return LAMBDA_TV_CNN[group], (f"Mahendran & Vedaldi 2015 Table 3: CNN-A layer {idx} "
                                       f"({CNN_A_LAYERS[idx - 1]}), group {group + 1}")
-    if name in ("hog", "hogb", "dsift"):
+    if name in SHALLOW_FEATURES:
+        if source == "script":
+            return LAMBDA_TV_SHALLOW_SCRIPT, ("Mahendran & Vedaldi 2015, Table 1 script "
+                                              "(experiment_shallow_quantitative.m): HOG/HOGb/DSIFT")
         return LAMBDA_TV_SHALLOW, "Mahendran & Vedaldi 2015 section 4: HOG/HOGb/DSIFT"
     return LAMBDA_TV_SHALLOW, "no value in Mahendran & Vedaldi 2015 for this representation: section 4's value"
 
