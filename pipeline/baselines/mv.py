@@ -264,7 +264,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=positive_float, default=None, help="base learning rate (default: the schedule's)")
     p.add_argument("--lambda-alpha", type=float, default=LAMBDA_ALPHA, help="alpha-norm weight at 227x227")
     p.add_argument("--lambda-tv", type=float, default=None,
-                   help="TV^beta weight at 227x227 (default: Mahendran & Vedaldi 2015's)")
+                   help="TV^beta weight at 227x227 (default: Mahendran & Vedaldi 2015's, see --tv-source)")
+    p.add_argument("--tv-source", choices=TV_SOURCES, default="paper",
+                   help="default TV weight of HOG/HOGb/DSIFT: the paper's text (lambda_V = 5) or the authors' "
+                        "Table 1 script (0.5)")
     p.add_argument("--alpha", type=float, default=ALPHA,
                    help="exponent of the alpha-norm regulariser (Mahendran & Vedaldi 2015: 6)")
     p.add_argument("--beta", type=float, default=BETA,
@@ -274,18 +277,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=("momentum", "adam"), default="momentum",
                    help="gradient descent with momentum (the paper's) or Adam")
     p.add_argument("--clamp", type=nonnegative_float, default=CLAMP,
-
-
-                   help="TV^beta weight at 227x227 (default: Mahendran & Vedaldi 2015's, see --tv-source)")
-    p.add_argument("--tv-source", choices=TV_SOURCES, default="paper",
-                   help="default TV weight of HOG/HOGb/DSIFT: the paper's text (lambda_V = 5) or the authors' "
-                        "Table 1 script (0.5)")
-    p.add_argument("--alpha", type=float, default=ALPHA)
-    p.add_argument("--beta", type=float, default=BETA)
-    p.add_argument("--restarts", type=int, default=1, help="random restarts per target (best kept)")
-    p.add_argument("--batch-size", type=int, default=16, help="targets optimised together")
-    p.add_argument("--optimizer", choices=("momentum", "adam"), default="momentum")
-    p.add_argument("--clamp", type=float, default=CLAMP,
                    help="keep pixels within CLAMP*128 grey levels of the mean during the descent "
                         "(safeguard against the alpha-norm's step instability; 0: off)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:0, ... or auto")

@@ -54,10 +54,7 @@ _TRAITS: dict[str, Traits] = {}
 #: name -> function(**params) that loads and checks the weights file the parameters name
 _WEIGHT_CHECKS: dict[str, Callable[..., None]] = {}
 # Modules that register the built-in representations when imported.
-_BUILTIN_MODULES = ("hog", "lbp", "sift", "alexnet", "torchmodel", "efficientnet_lite0")
-
-
-_BUILTIN_MODULES = ("hog", "lbp", "sift", "cnn_shallow", "alexnet", "torchmodel")
+_BUILTIN_MODULES = ("hog", "lbp", "sift", "cnn_shallow", "alexnet", "torchmodel", "efficientnet_lite0")
 _loaded = False
 
 

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from pipeline.baselines.descent import SCHEDULES, check_finite
+from pipeline.baselines.descent import SCHEDULES, check_finite as check_finite_inversion
 from pipeline.baselines.terms import ALPHA, BETA, LAMBDA_ALPHA, is_gray_feature
 from pipeline.data.shards import load_shard_arrays
 from pipeline.features import get_feature
@@ -187,7 +187,7 @@ def run(args) -> int:
                 u = args.units[s: s + args.batch_size]
                 res, log = preimage(feature, "maximise", units=u, position=position, image_size=(size, size),
                                     scale=Z, **common)
-                check_finite(f"{tag} (maximise)", [f"{tag}/{k}" for k in log.keys], res,
+                check_finite_inversion(f"{tag} (maximise)", [f"{tag}/{k}" for k in log.keys], res,
                              {c: log.final(c) for c in ("energy", "objective")})
                 outs.append(res)
                 keys += [f"{tag}/{k}" for k in log.keys]
@@ -202,7 +202,7 @@ def run(args) -> int:
                 k = keys_img[s: s + args.batch_size]
                 res, log = preimage(feature, args.mode, images=images[s: s + args.batch_size], keys=k, mask=mask,
                                     **common)
-                check_finite(f"{args.shard} ({tag}, {args.mode})", [f"{tag}/{kk}" for kk in k], res,
+                check_finite_inversion(f"{args.shard} ({tag}, {args.mode})", [f"{tag}/{kk}" for kk in k], res,
                              {c: log.final(c) for c in ("energy", "objective")})
                 outs.append(res)
                 keys += [f"{tag}/{kk}" for kk in k]
