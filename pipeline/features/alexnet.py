@@ -86,11 +86,12 @@ import torch
 from torch import nn
 
 from pipeline.torchfile import load_torch_file
+from pipeline.vocabulary import ALEXNET_LAYERS
 
 from . import register
 from .alexnet_weights import check_arch, check_weights, how_to_get_weights
 
-PAPER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+PAPER_LAYERS = ALEXNET_LAYERS  # the paper's names (pipeline.vocabulary)
 
 CAFFENET_LAYERS = (
     "conv1_raw", "relu1", "pool1", "norm1",
