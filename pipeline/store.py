@@ -39,7 +39,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from pipeline import __version__
+from pipeline import __version__, code_commit
 from pipeline.io import atomic_path, sha256_file
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -101,6 +101,7 @@ def write_store(
                 f.attrs["feature"] = feature
                 f.attrs["params"] = json.dumps(params, sort_keys=True)
                 f.attrs["code_version"] = __version__
+                f.attrs["code_commit"] = code_commit()
                 f.attrs["image_shard"] = image_shard or ""
                 f.attrs["image_shard_sha256"] = image_shard_sha256 or ""
                 for k, v in (extra_attrs or {}).items():

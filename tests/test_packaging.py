@@ -83,3 +83,21 @@ def test_every_command_line_option_has_help():
     out = subprocess.run([sys.executable, "-m", "pipeline", "train", "--help"], capture_output=True, text=True,
                          cwd=REPO, check=True).stdout
     assert "Adam's beta1" in " ".join(out.split()) and "(default: 0.9)" in out
+
+
+def test_stores_and_models_record_version_and_commit(tmp_path):
+    from pipeline import code_commit
+    from pipeline.store import FeatureStore, write_store
+
+    import numpy as np
+
+    commit = code_commit()
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a git checkout (CI's is)
+        assert commit.startswith(head.stdout.strip())
+    write_store(tmp_path / "s.h5", ["a"], np.zeros((1, 2, 1, 1), np.float32), feature="hog", params={},
+                dtype="float32")
+    with FeatureStore(tmp_path / "s.h5") as s:
+        assert s.attrs["code_version"] == pipeline.__version__ and s.attrs["code_commit"] == commit
+    src = (REPO / "pipeline/decoders/training.py").read_text()
+    assert '"code_version": __version__, "code_commit": code_commit()' in src

@@ -118,12 +118,12 @@ def bench_feed(argv: list[str]) -> int:
     """Training images/s delivered by the decoders' data path (PairedData, random access into the
     tars and the HDF5 feature stores, a shuffled epoch) with 0..N DataLoader workers, per worker."""
     p = argparse.ArgumentParser(prog="python -m pipeline bench feed", description=bench_feed.__doc__)
-    p.add_argument("--images", type=int, default=1024)
+    p.add_argument("--images", type=int, default=1024, help="synthetic images written to the shards")
     p.add_argument("--size", type=int, default=256, help="image side in the shards (256: HOG/SIFT/LBP)")
-    p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--shard-size", type=int, default=256, help="images per shard")
     p.add_argument("--feature", default="hog", help="representation of the feature stores (float16, gzip)")
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader workers to time")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)

@@ -68,7 +68,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline import __version__
+from pipeline import __version__, code_commit
 from pipeline.decoders.architectures import KINDS, Decoder, build_decoder, decoder_kind
 from pipeline.decoders.data import PairedData, _collate
 from pipeline.decoders.loop import Run, _catch_sigterm, _finish, _Progress, train_loop
@@ -270,6 +270,7 @@ def make_config(args, *, kind, in_shape, out_size, decoder: Decoder, feature: di
     """The exact configuration (``config.json``; its keys in ``_IDENTITY`` decide resuming)."""
     return {
         "representation": args.representation, "kind": kind, "width": args.width,
+        "code_version": __version__, "code_commit": code_commit(),
         "in_shape": list(in_shape), "out_size": list(out_size), "native_size": list(decoder.native_size),
         "images": list(args.images), "features": list(args.features or []), "feature": feature,
         "on_the_fly": bool(args.on_the_fly), "finetune_encoder": bool(args.finetune_encoder),
