@@ -16,7 +16,7 @@ from skimage.transform import resize
 
 from pipeline.cli import main
 from pipeline.evaluation import figures, metrics, perturbations, tables
-from pipeline.features import register, to_gray
+from pipeline.features import get_feature, register, to_gray
 from pipeline.images import image_grid
 from pipeline.data.shards import Sample, write_shard
 from pipeline.store import FeatureStore, ReconstructionStore, write_reconstructions, write_store
@@ -213,6 +213,29 @@ def test_feature_errors(photos):
     assert np.all(err > 0)
     with pytest.raises(ValueError, match="shapes differ"):
         metrics.feature_errors(g[:, :2], f)
+
+
+def test_squared_feature_errors_are_the_authors_my_meanstd(photos):
+    """deep-goggle's my_meanstd: temp = pdist2(y0', y0'); N2 = mean(temp(:).^2) (diagonal included);
+    e_i = sum((y - y0).^2) / N2."""
+    f = GradCells()(torch.from_numpy(nchw(photos))).double()
+    g = GradCells()(torch.from_numpy(blurred(photos, half=False))).double()
+    y0, y = f.reshape(len(f), -1).numpy(), g.reshape(len(g), -1).numpy()
+    pd = np.sqrt(((y0[:, None] - y0[None]) ** 2).sum(-1))
+    n2 = np.mean(pd.ravel() ** 2)
+    assert metrics.mean_squared_pairwise_distance(f) == pytest.approx(n2, rel=1e-12)
+    err, norm = metrics.squared_feature_errors(g, f)
+    assert norm == pytest.approx(n2, rel=1e-12)
+    np.testing.assert_allclose(err, ((y - y0) ** 2).sum(1) / n2, rtol=1e-10)
+    # the unsquared ratio of the paper's text is a different number
+    assert not np.allclose(err, metrics.feature_errors(g, f)[0])
+    with pytest.raises(ValueError, match="at least 2"):
+        metrics.mean_squared_pairwise_distance(f[:1])
+    # streamed by blocks (a block of 2 items here) it is the same number
+    flat = f.reshape(len(f), -1)
+    streamed = metrics.mean_squared_pairwise_distance_streamed(lambda i: flat[torch.as_tensor(i)], len(f),
+                                                               memory=32 * flat.shape[1])
+    assert streamed == pytest.approx(n2, rel=1e-12)
 
 
 def test_summarize_t_and_bootstrap():
@@ -469,8 +492,27 @@ def test_mv_table1_cli_feature_space_errors(workspace, photos):
     assert float(rows[1]["error_pct_mean"]) == pytest.approx(expected, rel=1e-5)
     assert float(rows[1]["normaliser"]) == pytest.approx(n_phi, rel=1e-6)
     assert json.loads(rows[1]["feature_params"]) == {"cell": 4}
+    # the authors' metric (their Table 1 script): squared error over the mean squared pairwise
+    # distance of all N^2 pairs, on their CNN-DSIFT (the default for the dsift row)
+    assert float(rows[0]["authors_error_pct_mean"]) == 0.0
+    assert json.loads(rows[0]["authors_feature"])["name"] == "cnn_hog"
+    assert json.loads(rows[1]["authors_feature"]) == {"name": "cnn_dsift", "params": get_feature("cnn_dsift").params}
+    ad = get_feature("cnn_dsift")
+    ax, ar = ad(torch.from_numpy(nchw(photos))).double().numpy(), ad(torch.from_numpy(w["noisy"])).double().numpy()
+    n2 = np.mean([np.sum((ax[i] - ax[j]) ** 2) for i in range(8) for j in range(8)])
+    a_err = [100 * np.sum((ar[i] - ax[i]) ** 2) / n2 for i in range(8)]
+    assert float(rows[1]["authors_normaliser"]) == pytest.approx(n2, rel=1e-6)
+    assert float(rows[1]["authors_error_pct_mean"]) == pytest.approx(np.mean(a_err), rel=1e-5)
+    assert float(rows[1]["authors_error_pct_std"]) == pytest.approx(np.std(a_err, ddof=1), rel=1e-5)
     md = out.with_suffix(".md").read_text()
-    assert "28.10 ±7.9" in md and "Dataset: photos." in md
+    assert "28.10 ±7.9" in md and "Dataset: photos." in md and "authors' metric" in md
+    # another representation for the authors' column: the same formula on GradCells
+    out3 = w["tmp"] / "mv3.csv"
+    assert main(["evaluate", "mv-table1", "--images", *w["shards"], "--row", f"dsift={w['mv0']},{w['mv1']}",
+                 "--authors-feature", "dsift=test_eval_grad", "--out", str(out3)]) == 0
+    n2g = np.mean([np.sum((fx[i] - fx[j]) ** 2) for i in range(8) for j in range(8)])
+    expect3 = 100 * np.mean([np.sum((fr[i] - fx[i]) ** 2) for i in range(8)]) / n2g
+    assert float(read_csv(out3)[0]["authors_error_pct_mean"]) == pytest.approx(expect3, rel=1e-5)
     # precomputed features of the test images give the same numbers
     fstore = w["tmp"] / "fx.h5"
     write_store(fstore, w["keys"], fx, feature="test_eval_grad", params={"cell": 4}, dtype="float32")
@@ -587,7 +629,8 @@ def test_figure_cli_with_a_saved_decoder(workspace):
                  feature={"name": "test_eval_grad", "params": {"cell": 4}})
     common = ["--images", *w["shards"], "--dataset", "photos", "--weights", "random"]
     for cmd, extra in (("fig9", ["--count", "2"]), ("fig10", ["--steps", "3"]),
-                       ("fig11", ["--count", "3", "--sampler", "gaussian"])):
+                       ("fig11", ["--count", "3", "--sampler", "gaussian"]),
+                       ("fig11", ["--count", "3"])):  # histogram sampler on a conv map (conv5 in the paper)
         out = tmp / f"{cmd}.png"
         assert main(["evaluate", cmd, *common, "--model", f"grad={model}", *extra, "--out", str(out)]) == 0
         _nonblank_png(out)

@@ -54,7 +54,7 @@ def test_maximising_a_unit_increases_its_activation_by_a_large_factor():
     f = small("features.2")  # pre-ReLU conv: (16, 8, 8)
     units = [0, 3, 7]
     out, log = preimage(f, "maximise", units=units, position="center", image_size=(SIZE, SIZE),
-                        iterations=60, jitter=0, seed=0)
+                        iterations=60, jitter=0, seed=0, preset="cvpr")
     assert out.shape == (3, 3, SIZE, SIZE) and out.min() >= 0 and out.max() <= 255
     Z = log.settings["activation_scale"]
     assert Z == pytest.approx(activation_scale(f, None, (SIZE, SIZE)))
@@ -65,13 +65,13 @@ def test_maximising_a_unit_increases_its_activation_by_a_large_factor():
     assert (final > 5 * start.abs()).all() and (final > 5 * Z).all(), (start / Z, final / Z)
     # a target's result does not depend on its batch
     one, _ = preimage(f, "maximise", units=[3], position="center", image_size=(SIZE, SIZE), iterations=60,
-                      keys=[log.keys[1]], scale=Z, jitter=0)
+                      keys=[log.keys[1]], scale=Z, jitter=0, preset="cvpr")
     torch.testing.assert_close(one[0], out[1], rtol=1e-4, atol=1e-2)
 
 
 def test_maximising_a_channel_mean_of_an_alexnet_layer():
     f = get_feature("alexnet", arch="caffenet", layer="conv1_raw", weights="random")
-    out, log = preimage(f, "maximise", units=[5, 40], image_size=(35, 35), iterations=30)
+    out, log = preimage(f, "maximise", units=[5, 40], image_size=(35, 35), iterations=30, preset="cvpr")
     with torch.no_grad():
         final = f(out)[:, [5, 40]].mean((2, 3)).diagonal()
     Z = log.settings["activation_scale"]
@@ -100,7 +100,7 @@ def test_caricature_increases_the_inner_product_with_the_images_code(square_phot
     f = small("features.3")
     x = square_photos(2, SIZE)
     # tiny downsampled photos have strong edges: Mahendran & Vedaldi 2015's TV weight (5) would mostly smooth them
-    out, log = preimage(f, "caricature", images=x, iterations=40, lambda_tv=0.5, jitter=0)
+    out, log = preimage(f, "caricature", images=x, iterations=40, lambda_tv=0.5, jitter=0, preset="cvpr")
     with torch.no_grad():
         phi0, phi = f(x), f(out)
     before = (phi0 * phi0).flatten(1).sum(1)
@@ -109,7 +109,8 @@ def test_caricature_increases_the_inner_product_with_the_images_code(square_phot
     assert log.settings["init"] == "image"
     # with a mask: only the window's code is exaggerated
     m = feature_mask((16, 8, 8), window=3)
-    out_m, log_m = preimage(f, "caricature", images=x, mask=m, iterations=40, lambda_tv=0.5, jitter=0)
+    out_m, log_m = preimage(f, "caricature", images=x, mask=m, iterations=40, lambda_tv=0.5, jitter=0,
+                            preset="cvpr")
     with torch.no_grad():
         phi_m = f(out_m)
     inner = lambda a, b: (a * b * m).flatten(1).sum(1)  # noqa: E731
@@ -139,7 +140,7 @@ def test_inverting_from_a_window_matches_only_the_window(square_photos):
     f = small("features.2")
     x = square_photos(1, SIZE)
     m = feature_mask((16, 8, 8), window=3)
-    out, log = preimage(f, "invert", images=x, mask=m, iterations=80, optimizer="adam", lr=8)
+    out, log = preimage(f, "invert", images=x, mask=m, iterations=80, optimizer="adam", lr=8, preset="cvpr")
     with torch.no_grad():
         phi0, phi = f(x), f(out)
     err = ((phi - phi0) ** 2 * m).sum() / ((phi0 ** 2) * m).sum()
@@ -205,7 +206,7 @@ def test_a_generic_layer_of_a_tiny_model_is_inverted_end_to_end(shards, tmp_path
     # optimisation: the same layer, inverted by the M&V energy through the CLI
     store, grid = tmp_path / "inv.h5", tmp_path / "inv.png"
     assert main(["preimage", "--mode", "invert", "--feature", "torch", "--params", json.dumps(params),
-                 "--shard", shards["val"], "--iterations", "60", "--optimizer", "adam", "--lr", "8",
+                 "--shard", shards["val"], "--iterations", "60", "--optimizer", "adam", "--lr", "8", "--preset", "cvpr",
                  "--out", str(store), "--grid", str(grid), "--threads", "1"]) == 0
     with h5py.File(store) as h:
         x = h["features"][:]
@@ -272,3 +273,88 @@ def test_a_non_finite_pre_image_is_an_error_naming_the_shard_and_keys(shards, tm
               "--params", json.dumps({"model": f"{__name__}:NaNNet", "layer": "features.2"}),
               "--shard", shards["val"], "--iterations", "2", "--out", str(out), "--threads", "1"])
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- the authors' settings (nnpreimage)
+
+
+def test_ijcv_constants_and_jitter_from_the_layer_stride():
+    from pipeline.preimage import ijcv
+
+    assert ijcv.LAMBDA_RANGE == pytest.approx(80.0 ** -6) and ijcv.LAMBDA_TV == pytest.approx((6.5 / 80) ** 2)
+    assert ijcv.LR == pytest.approx(0.05 * 80 ** 2 / 6) and ijcv.BOUND == 160.0
+    # max(round(stride / 4), 1), stride of the tap's receptive field (AlexNet in the authors' MatConvNet)
+    want = {"conv1_raw": 1, "conv1": 2, "conv2_raw": 2, "conv2": 4, "conv3": 4, "conv5_raw": 4, "conv5": 8,
+            "fc6": 8, "fc8": 8}
+    for layer, j in want.items():
+        f = get_feature("alexnet", arch="caffenet", layer=layer, weights="random")
+        assert ijcv.jitter_amount(f, (227, 227)) == j, layer
+    assert ijcv.layer_stride(get_feature("alexnet", arch="torchvision", layer="conv1", weights="random"),
+                             (64, 64)) == 8  # torchvision: conv1 is pool1
+    # other networks: measured from output_shape (two stride-2 convolutions), 1 for a vector
+    assert ijcv.layer_stride(small("features.2"), (SIZE, SIZE)) == 4
+    assert ijcv.layer_stride(small("fc"), (SIZE, SIZE)) == 1
+    x = ijcv.uniform_init(0, "k", 0, (3, 40, 40))
+    assert torch.quantile(x.flatten(), 0.95) == pytest.approx(80 / np.sqrt(3)) and x.abs().max() < 60
+    assert torch.equal(x, ijcv.uniform_init(0, "k", 0, (3, 40, 40)))
+
+
+def test_adagrad_descent_is_the_authors_update():
+    """nnpreimage.m: G = m G + g.^2; v = m v - g ./ (1/lr + sqrt(G)); x = x + v; reset at a rate change."""
+    from pipeline.baselines.descent import descend
+
+    target = torch.tensor([3.0, -1.0, 0.5])
+    grad = lambda v: (2 * (v - target) * torch.tensor([1.0, 10.0, 0.1]), torch.zeros(1))  # noqa: E731
+    x = torch.zeros(3)
+    descend(x, grad, [(5, 2.0), (3, 0.5)], optimizer="adagrad", momentum=0.9)
+    y, G, v = torch.zeros(3), torch.zeros(3), torch.zeros(3)
+    for n, lr in ((5, 2.0), (3, 0.5)):
+        G.zero_(), v.zero_()
+        for _ in range(n):
+            g = grad(y)[0]
+            G = 0.9 * G + g ** 2
+            v = 0.9 * v - g / (1 / lr + G.sqrt())
+            y = y + v
+    torch.testing.assert_close(x, y)
+
+
+def test_ijcv_inversion_jitters_a_canvas_then_refines_without_jitter(square_photos):
+    from pipeline.preimage import ijcv
+
+    f = small("features.3")
+    x = square_photos(2, SIZE)
+    out, log = preimage(f, "invert", images=x, iterations=40, jitter=3, objective_weight=100.0)
+    st = log.settings
+    assert (st["preset"], st["range"], st["optimizer"], st["clamp"], st["jitter"]) == \
+        ("ijcv", "bounded", "adagrad", 1.25, 3)
+    assert st["lambda_range"] == ijcv.LAMBDA_RANGE and st["lambda_tv"] == ijcv.LAMBDA_TV and st["sigma"] == 1.0
+    # 300 + 50 iterations rescaled to 40: 34 with jitter at LR, 6 without at LR / 10; rates x pixels
+    assert st["segments"] == [[34, pytest.approx(ijcv.LR * SIZE * SIZE)], [6, pytest.approx(0.1 * ijcv.LR * SIZE * SIZE)]]
+    assert list(log.iteration) == list(range(1, 42))
+    assert out.shape == (2, 3, SIZE, SIZE)
+    mean = torch.tensor([122.7, 116.7, 104.0]).view(1, 3, 1, 1)
+    assert ((out - mean).norm(dim=1) <= 160 + 1e-3).all()  # the colour-norm bound (then clipped to [0, 255])
+    first, final = log.first("objective"), log.final("objective")
+    assert (final < 0.5 * first).all(), (first, final)
+    # the default multiplier C = 1 (nnpreimage's get_defaults), the 2015 multipliers are refused
+    assert preimage(f, "invert", images=x[:1], iterations=2)[1].settings["objective_weight"] == 1.0
+    with pytest.raises(ValueError, match="lambda_range"):
+        preimage(f, "invert", images=x[:1], iterations=2, lambda_alpha=1e8)
+
+
+def test_ijcv_maximisation_increases_the_unit(tmp_path):
+    f = small("features.2")
+    out, log = preimage(f, "maximise", units=[0, 3], position="center", image_size=(SIZE, SIZE), iterations=60)
+    assert log.settings["optimizer"] == "adagrad" and len(log.settings["segments"]) == 1
+    with torch.no_grad():
+        final = f(out)[torch.arange(2), torch.tensor([0, 3]), 4, 4]
+    Z = log.settings["activation_scale"]
+    assert (final > 3 * Z).all() and (final > 3 * torch.as_tensor(log.first("objective")).abs().float()).all()
+    # the command line's --preset reaches the runs
+    store = tmp_path / "max.h5"
+    for preset in ("ijcv", "cvpr"):
+        assert main(["preimage", "--mode", "maximise", "--feature", "torch", "--params", json.dumps({"model": MODEL}),
+                     "--layers", "features.2", "--units", "0", "--size", str(SIZE), "--iterations", "3",
+                     "--preset", preset, "--out", str(store), "--threads", "1"]) == 0
+        with h5py.File(store) as h:
+            assert json.loads(h.attrs["params"])["runs"][0]["preset"] == preset

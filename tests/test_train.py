@@ -24,7 +24,7 @@ from pipeline.store import FeatureStore, write_store
 from pipeline.decoders.architectures import build_decoder
 from pipeline.decoders.data import PairedData, epoch_batches, epoch_order, iter_batches
 from pipeline.decoders.modelfile import load_decoder, load_model
-from pipeline.decoders.reconstruct import reconstruct_batch
+from pipeline.decoders.reconstruct import perturb_features, reconstruct_batch
 from pipeline.decoders.step import InversionModel, lr_at, train_step
 
 SIZE = 32
@@ -347,6 +347,24 @@ def test_autoencoder_mode_trains_the_encoder(data, tmp_path, one_thread):
         x = torch.from_numpy(load_shard_arrays(data["val"])[1]).permute(0, 3, 1, 2).float()
         want = reconstruct_batch(dec, enc(x).detach())
         torch.testing.assert_close(torch.from_numpy(fs.all()), want, atol=0.2, rtol=0)
+    # Figure 7's perturbed autoencoder curves: the fine-tuned encoder's features perturbed before decoding,
+    # each image seeded by (seed, key): the batch split does not matter
+    keys = load_shard_arrays(data["val"])[0]
+    for kind in ("binarize", "drop50+binarize"):
+        outs = []
+        for bs in ("64", "1"):
+            p = tmp_path / f"rec-{kind}-{bs}.h5"
+            assert main(["reconstruct", "--model", str(out), "--images", data["val"], "--out", str(p),
+                         "--perturb", kind, "--perturb-seed", "3", "--batch-size", bs]) == 0
+            with FeatureStore(p) as fs:
+                outs.append(fs.all())
+                assert json.loads(fs.attrs["perturbation"]) == {"kind": kind, "seed": 3}
+                assert fs.attrs["method"] == "autoencoder"
+        np.testing.assert_array_equal(outs[0], outs[1])
+        want = reconstruct_batch(dec, perturb_features(enc(x).detach(), keys, kind, 3))
+        torch.testing.assert_close(torch.from_numpy(outs[0]), want, atol=0.2, rtol=0)
+        pf = perturb_features(enc(x).detach(), keys, kind, 3)
+        assert all(len(set(v[v != 0].tolist())) <= 1 for v in pf.flatten(1))  # binarised: one magnitude
 
 
 def test_reconstruct_writes_stores_and_a_grid(trained, data, tmp_path):

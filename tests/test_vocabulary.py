@@ -50,3 +50,19 @@ def test_figure7_has_a_label_for_every_curve_the_workflow_can_ask_for():
     assert curves <= set(voc.FIGURE7_CURVES)
     for fig, layers in voc.FIGURE_LAYERS.items():
         assert set(layers) <= set(voc.ALEXNET_LAYERS), fig
+
+
+def test_table1_rows_invert_and_measure_registered_representations():
+    from pipeline.features import available, traits
+
+    assert set(voc.MV_TABLE1_METRIC_FEATURES) == set(voc.MV_TABLE1_ROWS)
+    for row, (_, method, rep, *_) in voc.MV_TABLE1_ROWS.items():
+        assert rep in available() and traits(rep).grey, row
+        assert voc.MV_TABLE1_METRIC_FEATURES[row] in available(), row
+    # the authors' CNN versions are inverted and measured; HOGgles inverts UoCTTI HOG, measured on its 27 dims
+    assert [voc.MV_TABLE1_ROWS[r][2] for r in ("hog", "hogb", "dsift")] == ["cnn_hog", "cnn_hogb", "cnn_dsift"]
+    assert voc.MV_TABLE1_METRIC_FEATURES["hoggles"] == "hog27"
+
+
+def test_figure11_shows_the_papers_four_top_layers():
+    assert voc.FIGURE_LAYERS["fig11"] == ("conv5", "fc6", "fc7", "fc8")

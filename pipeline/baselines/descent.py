@@ -20,6 +20,10 @@ normalisation: the paper normalises only the loss.  Schedules
 configuration and the tests use few).  ``optimizer="adam"`` is an option (the
 experience in ``features.md`` was with Adam, which is less sensitive to the
 gradient scale of a representation); there ``lr`` is the step in grey levels.
+``optimizer="adagrad"`` is the momentum with AdaGrad-like scaling of the
+authors' pre-image code (Mahendran & Vedaldi 2016, nnpreimage's
+``nnpreimage.m``): ``G <- m G + g^2``, ``mu <- m mu - g / (1/eta + sqrt(G))``,
+``x <- x + mu``, both reset at each rate change.
 
 Initialisation: ``x`` is Gaussian noise scaled to unit norm (``invert_nn``:
 ``x = randn; x = x / norm(x) * x0_sigma`` in pixels), drawn per target and
@@ -184,7 +188,8 @@ def descend(x: torch.Tensor, step_eval, segments, *, optimizer: str = "momentum"
     ``(iterations, rate)`` pairs (:func:`make_schedule`).  ``momentum``:
     gradient descent with momentum, reset when the rate changes (the authors'
     ``invert_nn.m``); ``adam``: Adam with the rate in grey levels (divided by
-    ``sigma`` into normalised units).  ``project(x)``, if given, runs under
+    ``sigma`` into normalised units); ``adagrad``: nnpreimage's momentum with
+    AdaGrad-like scaling (module docstring), state reset when the rate changes.  ``project(x)``, if given, runs under
     ``no_grad`` after every update (clamping, projection on a constraint).
     Returns the logged rows (every ``log_every``-th iteration, from the
     first), their 1-based iteration numbers and their rates.
@@ -195,12 +200,15 @@ def descend(x: torch.Tensor, step_eval, segments, *, optimizer: str = "momentum"
         opt = torch.optim.Adam([x], lr=1.0)
     else:
         mom = torch.zeros_like(x)
+        sq = torch.zeros_like(x) if optimizer == "adagrad" else None
     for n_it, rate in segments:
         if optimizer == "adam":
             for grp in opt.param_groups:
                 grp["lr"] = rate / sigma  # grey levels -> normalised units
         else:
             mom.zero_()
+            if sq is not None:
+                sq.zero_()
         for _ in range(n_it):
             g, row = step_eval(x)
             it += 1
@@ -211,6 +219,11 @@ def descend(x: torch.Tensor, step_eval, segments, *, optimizer: str = "momentum"
             if optimizer == "adam":
                 x.grad = g
                 opt.step()
+            elif sq is not None:
+                with torch.no_grad():
+                    sq.mul_(momentum).addcmul_(g, g)
+                    mom.mul_(momentum).sub_(g / (sq.sqrt() + 1.0 / rate))
+                    x.add_(mom)
             else:
                 with torch.no_grad():
                     mom.mul_(momentum).sub_(g, alpha=rate)

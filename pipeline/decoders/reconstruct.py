@@ -10,10 +10,18 @@ paper's evaluation does), plus a PNG grid of (input | reconstruction) pairs.
 Feature stores must hold the representation the decoder inverts and come
 from the shard they are paired with; a shard without images gives an empty
 store.
+
+``--perturb KIND`` perturbs the features before decoding (Dosovitskiy & Brox
+2016, section 4.4, Figures 7 and 9: :data:`pipeline.vocabulary.PERTURBATIONS`),
+wherever they come from: feature stores, the representation computed on the
+fly, or an autoencoder's fine-tuned encoder (whose features exist nowhere
+else).  Each image's random choices are seeded by ``(--perturb-seed, key)``,
+so they do not depend on the batch.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -23,11 +31,13 @@ import torch
 from pipeline.decoders.architectures import Decoder, resize_images
 from pipeline.decoders.data import PairedData, _collate
 from pipeline.decoders.modelfile import _decoder_file, load_model
+from pipeline.evaluation.perturbations import perturb
 from pipeline.features import get_feature
 from pipeline.images import image_grid, side_by_side
 from pipeline.io import sha256_file
 from pipeline.options import nonnegative_int, parse_device, parse_json_params, positive_int
 from pipeline.store import feature_mismatch, write_reconstructions
+from pipeline.vocabulary import PERTURBATIONS
 
 def reconstruct_batch(decoder: Decoder, features: torch.Tensor, size=None) -> torch.Tensor:
     """Images (B, 3, H, W) float in [0, 255] reconstructed from ``features``.
@@ -48,6 +58,15 @@ def reconstruct_batch(decoder: Decoder, features: torch.Tensor, size=None) -> to
         decoder.train(was_training)
 
 
+def perturb_features(feats: torch.Tensor, keys, kind: str, seed: int = 0) -> torch.Tensor:
+    """``feats`` (B, ...) perturbed by ``kind``, image by image, each seeded by ``(seed, key)``."""
+    out = []
+    for f, k in zip(feats, keys):
+        h = hashlib.sha256(f"{int(seed)}/{k}".encode()).digest()
+        out.append(perturb(f[None].float(), kind, seed=int.from_bytes(h[:8], "little") & ((1 << 63) - 1)))
+    return torch.cat(out).to(feats.dtype)
+
+
 def configure_reconstruct_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="trained model: decoder.pt or its folder")
     p.add_argument("--images", nargs="+", required=True, metavar="SHARD", help="validation image shards")
@@ -63,6 +82,9 @@ def configure_reconstruct_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid-count", type=positive_int, default=16, help="pairs in the grid")
     p.add_argument("--grid-cols", type=positive_int, default=4, help="pairs per grid row")
     p.add_argument("--size", type=positive_int, help="reconstruction size (default: each image's size)")
+    p.add_argument("--perturb", choices=tuple(PERTURBATIONS), default=None,
+                   help="perturb the features before decoding (Figure 7's curves; also an autoencoder's)")
+    p.add_argument("--perturb-seed", type=int, default=0, help="seed of the random perturbations (with the key)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images decoded together")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=nonnegative_int, default=0, help="torch CPU threads (0: torch's default)")
@@ -108,6 +130,7 @@ def reconstruct(args) -> list[str]:
         outs = [str(Path(args.out_dir) / (Path(s).name.split(".")[0] + ".h5")) for s in shards]
 
     method = "autoencoder" if payload.get("encoder_state_dict") is not None else "ours"
+    perturbation = {"kind": args.perturb, "seed": args.perturb_seed}
     inverted = payload.get("feature") or {}  # the representation the decoder inverts
     grid_pairs = []
     for i, (shard, out) in enumerate(zip(shards, outs)):
@@ -129,6 +152,9 @@ def reconstruct(args) -> list[str]:
                 x = imgs.to(device).permute(0, 3, 1, 2).float()
                 with torch.no_grad():
                     feats = encoder(x).float()
+            if args.perturb:
+                feats = perturb_features(torch.as_tensor(feats), data.keys[s:s + len(feats)], args.perturb,
+                                         args.perturb_seed)
             y = reconstruct_batch(decoder, feats, size).cpu()
             recon[s:s + len(y)] = y.numpy().astype(np.float16)
             for j in range(len(y)):
@@ -139,8 +165,10 @@ def reconstruct(args) -> list[str]:
             out, data.keys, recon, method=method, representation=payload.get("representation"),
             feature=inverted.get("name"), feature_params=inverted.get("params"),
             image_shard=shard, image_shard_sha256=sha256_file(shard),
-            details={"decoder": payload["build_args"], "model": str(_decoder_file(args.model))},
-            extra_attrs={"native_size": json.dumps(payload.get("native_size"))},
+            details={"decoder": payload["build_args"], "model": str(_decoder_file(args.model)),
+                     **({"perturbation": perturbation} if args.perturb else {})},
+            extra_attrs={"native_size": json.dumps(payload.get("native_size")),
+                         **({"perturbation": json.dumps(perturbation)} if args.perturb else {})},
         )
         print(f"{out}: {len(data)} reconstructions from {shard}", flush=True)
     if args.grid:  # rows of --grid-cols (input | reconstruction) pairs, 2 px white gaps

@@ -38,6 +38,19 @@ are).
   clipped) reconstruction.  Reported in percent, like Table 1; its ``+-``
   is, as there, "the standard deviation of the error, not of the mean
   error".
+* **Feature-space error as the authors computed Table 1**
+  (deep-goggle's ``experiment_shallow_quantitative.m``, ``my_meanstd``)::
+
+      e_i = ||Phi(x*_i) - Phi(x_i)||_2^2 / N2_Phi,
+      N2_Phi = mean(pdist2(Phi0, Phi0)(:).^2) = (1/N^2) sum_{i,j} ||Phi(x_i) - Phi(x_j)||_2^2
+
+  squared, over the mean *squared* pairwise distance of all N^2 ordered
+  pairs (the zero diagonal i = j included, as ``mean`` over the full
+  ``pdist2`` matrix), with Phi the representation the authors measured (their
+  CNN-HOG, CNN-HOGb, CNN-DSIFT; the 27-D UoCTTI HOG for HOGgles); ``+-`` the
+  standard deviation (MATLAB's ``std``, ddof = 1) of the per-image values.
+  The paper's text describes the unsquared ratio above; the numbers of its
+  Table 1 come from this script.
 * **PSNR** and **SSIM**: ``skimage.metrics`` with ``data_range=255`` on the
   (H, W, 3) float images, SSIM with ``channel_axis=-1`` (default 7x7
   window, needs images of at least 7x7), per image, then averaged.
@@ -240,6 +253,59 @@ def feature_errors(feats_rec, feats_ref, norm: float | None = None) -> tuple[np.
     if not norm > 0:
         raise ValueError(f"the feature normaliser must be > 0, got {norm!r}")
     return _per_item_l2(a, b) / norm, float(norm)
+
+
+def mean_squared_pairwise_distance(X) -> float:
+    """Mahendran & Vedaldi's Table 1 normaliser (deep-goggle ``my_meanstd``):
+    ``mean(pdist2(X, X)(:).^2)``, the mean squared Euclidean distance over all
+    N^2 ordered pairs, i = j included; exactly ``(2 / N) sum_i ||x_i - mean||^2``
+    (float64, rows of ``X`` flattened)."""
+    X = _as_tensor(X)
+    n = X.shape[0]
+    if n < 2:
+        raise ValueError(f"the mean squared pairwise distance needs at least 2 items, got {n}")
+    X = X.reshape(n, -1).to(torch.float64)
+    X = X - X.mean(dim=0, keepdim=True)
+    return float(2.0 * (X * X).sum() / n)
+
+
+def mean_squared_pairwise_distance_streamed(read: Callable[[np.ndarray], "np.ndarray | torch.Tensor"], n: int, *,
+                                            memory: int = NORM_MEMORY) -> float:
+    """:func:`mean_squared_pairwise_distance` of ``n`` items read a block at a time
+    (``read(indices)`` as for :func:`mean_pairwise_distance_streamed`): two passes, the
+    mean, then ``(2 / n) sum_i ||x_i - mean||^2`` in float64."""
+    if n < 2:
+        raise ValueError(f"the mean squared pairwise distance needs at least 2 items, got {n}")
+    dim = int(_as_tensor(read(np.arange(1)))[0].numel())
+    block = max(2, min(NORM_BLOCK, memory // (16 * dim)))
+    starts = range(0, n, block)
+
+    def rows(s: int) -> torch.Tensor:
+        return _as_tensor(read(np.arange(s, min(s + block, n)))).to(torch.float64).reshape(-1, dim)
+
+    mean = torch.zeros(dim, dtype=torch.float64)
+    for s in starts:
+        mean += rows(s).sum(dim=0)
+    mean /= n
+    total = 0.0
+    for s in starts:
+        c = rows(s) - mean
+        total += float((c * c).sum())
+    return 2.0 * total / n
+
+
+def squared_feature_errors(feats_rec, feats_ref, norm: float | None = None) -> tuple[np.ndarray, float]:
+    """The per-image error of Mahendran & Vedaldi's Table 1 script, ``||Phi(x*_i) - Phi(x_i)||^2 / N2_Phi``
+    (a fraction; x100 for %), and ``N2_Phi`` (:func:`mean_squared_pairwise_distance` of ``feats_ref``
+    by default)."""
+    a, b = _as_tensor(feats_rec), _as_tensor(feats_ref)
+    if a.shape != b.shape:
+        raise ValueError(f"feature shapes differ: reconstructions {tuple(a.shape)}, images {tuple(b.shape)}")
+    if norm is None:
+        norm = mean_squared_pairwise_distance(b)
+    if not norm > 0:
+        raise ValueError(f"the feature normaliser must be > 0, got {norm!r}")
+    return _per_item_l2(a, b) ** 2 / norm, float(norm)
 
 
 def _hwc_float(images, recs) -> tuple[np.ndarray, np.ndarray]:

@@ -15,14 +15,14 @@ import numpy as np
 import torch
 
 from pipeline.evaluation.metrics import (
-    feature_errors, images_nchw, mean_pairwise_distance_streamed, normalized_errors, prepare_reconstructions,
-    psnr_per_image, ssim_per_image, summarize,
+    feature_errors, images_nchw, mean_pairwise_distance_streamed, mean_squared_pairwise_distance_streamed,
+    normalized_errors, prepare_reconstructions, psnr_per_image, squared_feature_errors, ssim_per_image, summarize,
 )
 from pipeline.evaluation.report import _fmt, markdown_table
 from pipeline.evaluation.testset import CHUNK, RowFile, TestSet, iter_reconstructions
 from pipeline.features import get_feature
 from pipeline.store import FeatureStore, ReconstructionMeta
-from pipeline.vocabulary import FLOOR_ROW, MV_TABLE1_ROWS, TABLE2_ROWS
+from pipeline.vocabulary import FLOOR_ROW, MV_TABLE1_METRIC_FEATURES, MV_TABLE1_ROWS, TABLE2_ROWS
 
 # --------------------------------------------------------------------------- row evaluation
 
@@ -189,24 +189,35 @@ def representation_of_store(meta: ReconstructionMeta) -> tuple[str, dict]:
 
 MV_TABLE1_COLUMNS = (
     "row", "name", "method", "representation", "feature", "feature_params", "dataset", "n_images",
+    "authors_error_pct_mean", "authors_error_pct_std", "authors_error_pct_ci95_low", "authors_error_pct_ci95_high",
+    "authors_feature", "authors_normaliser", "paper_error_pct", "paper_std_pct",
     "error_pct_mean", "error_pct_std", "error_pct_ci95_low", "error_pct_ci95_high",
-    "normaliser", "paper_error_pct", "paper_std_pct", "ci_method",
+    "normaliser", "ci_method",
 )
 
 
 def mv_table1(test: TestSet, rows: dict[str, list[str]], *, dataset: str, features: dict | None = None,
-              feature_names: dict | None = None, feature_params: dict | None = None, device="cpu",
-              batch_size: int = 32, ci: str = "bootstrap", seed: int = 0) -> list[dict]:
+              feature_names: dict | None = None, feature_params: dict | None = None,
+              authors_features: dict | None = None, device="cpu", batch_size: int = 32, ci: str = "bootstrap",
+              seed: int = 0) -> list[dict]:
     """Mahendran & Vedaldi 2015's Table 1 records: feature-space errors (%) of each row's reconstructions.
 
-    ``features``: optional row -> feature stores of the *test images*
-    (Phi(x)), matched by key; otherwise Phi(x) is computed here.  The
-    representation defaults to what the reconstruction stores record.
+    Two measures (:mod:`pipeline.evaluation.metrics`): ``authors_error_pct_*``,
+    the authors' Table 1 script (squared error over the mean squared pairwise
+    distance) on the representation they measured
+    (:data:`pipeline.vocabulary.MV_TABLE1_METRIC_FEATURES`, or
+    ``authors_features[row] = (name, params)``): the column compared with the
+    paper; and ``error_pct_*``, the paper's text (unsquared, over the mean
+    pairwise distance) on the inverted representation.  ``features``:
+    optional row -> feature stores of the *test images* (Phi(x) of the
+    inverted representation), matched by key; otherwise computed here.  The
+    inverted representation defaults to what the reconstruction stores record.
     """
     unknown = [r for r in rows if r not in MV_TABLE1_ROWS]
     if unknown:
         raise ValueError(f"unknown Table 1 rows {unknown}; choose from {', '.join(MV_TABLE1_ROWS)}")
     features, feature_names, feature_params = features or {}, feature_names or {}, feature_params or {}
+    authors_features = authors_features or {}
     records = []
     for rid, (name, method, rep, paper, paper_std) in MV_TABLE1_ROWS.items():
         if rid not in rows:
@@ -221,17 +232,25 @@ def mv_table1(test: TestSet, rows: dict[str, list[str]], *, dataset: str, featur
             print(f"mv-table1: row {rid!r} ({rep}) evaluated with the stores' representation {fname!r}",
                   file=sys.stderr)
         module = _feature_module(fname, fparams, device)
-        if rid in features:
-            phi_x = _stored_features(test, rid, features[rid])
-        else:
-            phi_x = None
-            for _, x in test.blocks(batch_size):
-                f = compute_features(module, images_nchw(x), batch_size, device).numpy()
+        # the authors' Table 1 script: squared, on the representation they measured
+        aname, aparams = authors_features.get(rid, (MV_TABLE1_METRIC_FEATURES[rid], {}))
+        amodule = _feature_module(aname, aparams, device)
+        phi_x = _stored_features(test, rid, features[rid]) if rid in features else None
+        a_x = None
+        for _, x in test.blocks(batch_size):
+            xb = images_nchw(x)
+            if rid not in features:
+                f = compute_features(module, xb, batch_size, device).numpy()
                 if phi_x is None:
                     phi_x = RowFile(f.shape[1:], np.float32)
                 phi_x.append(f)
+            f = compute_features(amodule, xb, batch_size, device).numpy()
+            if a_x is None:
+                a_x = RowFile(f.shape[1:], np.float32)
+            a_x.append(f)
         norm = mean_pairwise_distance_streamed(lambda i: torch.from_numpy(phi_x.take(i)), len(phi_x))
-        err = []
+        a_norm = mean_squared_pairwise_distance_streamed(lambda i: torch.from_numpy(a_x.take(i)), len(a_x))
+        err, a_err = [], []
         for idx, recs in itertools.chain([first], batches):
             r = prepare_reconstructions(recs, test.size)
             phi_r = compute_features(module, r, batch_size, device)
@@ -239,14 +258,23 @@ def mv_table1(test: TestSet, rows: dict[str, list[str]], *, dataset: str, featur
                 raise ValueError(f"row {rid}: features of reconstructions {tuple(phi_r.shape[1:])} and images "
                                  f"{phi_x.item_shape} differ")
             err.append(feature_errors(phi_r, torch.from_numpy(phi_x.take(idx)), norm)[0])
-        err = np.concatenate(err)
+            a_err.append(squared_feature_errors(compute_features(amodule, r, batch_size, device),
+                                                torch.from_numpy(a_x.take(idx)), a_norm)[0])
+        err, a_err = np.concatenate(err), np.concatenate(a_err)
         s = summarize(100.0 * err, ci=ci, seed=seed)
+        a = summarize(100.0 * a_err, ci=ci, seed=seed)
         records.append({
             "row": rid, "name": name, "method": method, "representation": rep, "feature": fname,
             "feature_params": json.dumps(getattr(module, "params", fparams), sort_keys=True),
-            "dataset": dataset, "n_images": s.n, "error_pct_mean": s.mean, "error_pct_std": s.std,
+            "dataset": dataset, "n_images": s.n,
+            "authors_error_pct_mean": a.mean, "authors_error_pct_std": a.std,
+            "authors_error_pct_ci95_low": a.ci_low, "authors_error_pct_ci95_high": a.ci_high,
+            "authors_feature": json.dumps({"name": aname, "params": getattr(amodule, "params", aparams)},
+                                          sort_keys=True),
+            "authors_normaliser": a_norm, "paper_error_pct": paper, "paper_std_pct": paper_std,
+            "error_pct_mean": s.mean, "error_pct_std": s.std,
             "error_pct_ci95_low": s.ci_low, "error_pct_ci95_high": s.ci_high, "normaliser": norm,
-            "paper_error_pct": paper, "paper_std_pct": paper_std, "ci_method": s.method,
+            "ci_method": s.method,
         })
     return records
 
@@ -287,13 +315,20 @@ def _stored_features(test: TestSet, rid: str, stores: Sequence) -> RowFile:
 
 
 def render_mv_table1_md(records: list[dict], caption: str) -> str:
-    body = [[r["name"], f"{_fmt(r['error_pct_mean'], 2)} ±{_fmt(r['error_pct_std'], 1)}",
-             f"[{_fmt(r['error_pct_ci95_low'], 2)}, {_fmt(r['error_pct_ci95_high'], 2)}]", str(r["n_images"]),
-             f"{r['paper_error_pct']:.2f} ±{r['paper_std_pct']:.1f}"] for r in records]
-    head = ["Representation / method", "Error % (± std)", "95% CI (mean)", "Images",
-            "Paper (Mahendran & Vedaldi 2015, Table 1)"]
-    notes = ("Error: mean over images of ||Φ(x*) − Φ(x)||₂ / N_Φ × 100, N_Φ the mean pairwise Euclidean distance "
-             "between the features Φ(x_i) of the test images; ± is the standard deviation of the per-image "
-             "errors (as in the paper), the interval is for the mean.")
+    body = [[r["name"], f"{_fmt(r['authors_error_pct_mean'], 2)} ±{_fmt(r['authors_error_pct_std'], 1)}",
+             f"[{_fmt(r['authors_error_pct_ci95_low'], 2)}, {_fmt(r['authors_error_pct_ci95_high'], 2)}]",
+             f"{r['paper_error_pct']:.2f} ±{r['paper_std_pct']:.1f}",
+             f"{_fmt(r['error_pct_mean'], 2)} ±{_fmt(r['error_pct_std'], 1)}", str(r["n_images"])]
+            for r in records]
+    head = ["Representation / method", "Error % (authors' metric) ± std", "95% CI (mean)",
+            "Paper (Mahendran & Vedaldi 2015, Table 1)", "Error % (paper's text: unsquared) ± std", "Images"]
+    measured = ", ".join(f"{r['name']}: {json.loads(r['authors_feature'])['name']}" for r in records)
+    notes = ("Authors' metric (compared with the paper; the authors' Table 1 script, "
+             "experiment_shallow_quantitative.m): mean over images of ||Φ(x*) − Φ(x)||₂² / N²_Φ × 100, "
+             "N²_Φ the mean squared Euclidean distance between the features of the test images over all "
+             f"ordered pairs (i = j included), Φ the representation the authors measured ({measured}). "
+             "Paper's text: mean of ||Φ(x*) − Φ(x)||₂ / N_Φ × 100 on the inverted representation, N_Φ the mean "
+             "pairwise distance (i ≠ j). ± is the standard deviation of the per-image errors (as in the paper), "
+             "the interval is for the mean.")
     return (f"**Mahendran & Vedaldi Table 1.** Feature-space reconstruction error. {caption}\n\n"
             + markdown_table(head, body) + "\n" + notes + "\n")

@@ -31,7 +31,7 @@ from pipeline.io import sha256_file
 from pipeline.options import nonnegative_float, nonnegative_int, parse_device, parse_json_params, positive_float, positive_int
 from pipeline.preimage.masks import feature_mask, mask_store
 from pipeline.preimage.objectives import activation_scale
-from pipeline.preimage.optimise import MODES, RANGES, preimage
+from pipeline.preimage.optimise import MODES, OPTIMIZERS, PRESETS, RANGES, preimage
 from pipeline.store import FeatureStore, check_finite, write_reconstructions
 
 
@@ -54,25 +54,37 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="HDF5 store of the pre-images (float16 pixels, (N, 3, H, W))")
     p.add_argument("--grid", help="PNG grid of the results")
     p.add_argument("--caption", default="", help="caption of the PNG grid")
+    p.add_argument("--preset", choices=PRESETS, default="ijcv",
+                   help="ijcv: Mahendran & Vedaldi 2016's code (nnpreimage: bounded range, bound 160, jitter, "
+                        "momentum with AdaGrad scaling); cvpr: the 2015 paper's energy and descent")
     p.add_argument("--range", dest="range_", choices=RANGES, default=None,
-                   help="range regulariser (default: alpha for invert, bounded otherwise)")
-    p.add_argument("--lambda-alpha", type=float, default=LAMBDA_ALPHA, help="alpha-norm weight at 227x227")
-    p.add_argument("--lambda-range", type=float, default=None, help="range weight at 227x227 (overrides)")
+                   help="range regulariser (default: bounded; cvpr: alpha for invert, bounded otherwise)")
+    p.add_argument("--lambda-alpha", type=float, default=None,
+                   help=f"cvpr: alpha-norm weight at 227x227 (default {LAMBDA_ALPHA:g})")
+    p.add_argument("--lambda-range", type=float, default=None,
+                   help="range weight (ijcv: of the per-pixel mean, default (1/80)^6; cvpr: at 227x227)")
     p.add_argument("--lambda-tv", type=float, default=None,
-                   help="TV weight at 227x227 (default: Mahendran & Vedaldi 2015's)")
+                   help="TV weight (ijcv: of the per-pixel mean, default (6.5/80)^2; cvpr: at 227x227, "
+                        "default Mahendran & Vedaldi 2015's)")
+    p.add_argument("--objective-weight", type=positive_float, default=1.0,
+                   help="multiplier C of the data term (nnpreimage's objectiveWeight; the authors also ran 20, "
+                        "100, 300)")
     p.add_argument("--alpha", type=float, default=ALPHA, help="exponent of the alpha-norm regulariser")
     p.add_argument("--beta", type=float, default=BETA, help="exponent of the total-variation regulariser")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default=None,
-                   help="learning-rate schedule (default: cnn for AlexNet, shallow otherwise)")
+                   help="learning-rate schedule (default: ijcv nnpreimage's; cvpr: cnn for AlexNet, shallow "
+                        "otherwise)")
     p.add_argument("--iterations", type=positive_int, default=100, help="total iterations (rescales the schedule)")
     p.add_argument("--lr", type=positive_float, default=None, help="base learning rate (default: the schedule's)")
-    p.add_argument("--optimizer", choices=("momentum", "adam"), default=None,
-                   help="gradient descent with momentum or Adam (default: momentum)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                   help="default: adagrad (nnpreimage's momentum with AdaGrad scaling) for ijcv; cvpr: momentum "
+                        "for invert, adam otherwise")
     p.add_argument("--clamp", type=nonnegative_float, default=None,
-                   help="range bound in units of 128 grey levels (0: off)")
-    p.add_argument("--jitter", type=nonnegative_int, default=None, help="max translation in pixels per iteration")
+                   help="range bound in units of 128 grey levels (0: off; default 1.25 = 160 for ijcv)")
+    p.add_argument("--jitter", type=nonnegative_int, default=None,
+                   help="max translation in pixels per iteration (default: ijcv round(stride / 4) - 1)")
     p.add_argument("--init", choices=("noise", "image"), default=None,
-                   help="start from noise or from the target image (default: noise)")
+                   help="start from noise or from the target image (default: noise; caricature: image)")
     p.add_argument("--restarts", type=positive_int, default=1, help="random restarts per target (best kept)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="targets optimised together")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
@@ -174,10 +186,11 @@ def run(args) -> int:
         feature = get_feature(args.feature, **p).to(device).eval()
         trained = trained and bool(getattr(feature, "trained", True))
         tag = str(layer) if layer is not None else args.feature
-        common = dict(range_=args.range_, alpha=args.alpha, beta=args.beta, lambda_alpha=args.lambda_alpha,
-                      lambda_range=args.lambda_range, lambda_tv=args.lambda_tv, schedule=args.schedule,
+        common = dict(preset=args.preset, range_=args.range_, alpha=args.alpha, beta=args.beta,
+                      lambda_alpha=args.lambda_alpha, lambda_range=args.lambda_range, lambda_tv=args.lambda_tv, schedule=args.schedule,
                       lr=args.lr, iterations=args.iterations, optimizer=args.optimizer,
                       clamp=args.clamp, jitter=args.jitter, init=args.init, restarts=args.restarts,
+                      objective_weight=args.objective_weight,
                       seed=args.seed, device=device)
         outs, keys = [], []
         if args.mode == "maximise":
