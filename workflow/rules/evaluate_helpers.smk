@@ -107,7 +107,7 @@ def mv_runs(which):
     """Label -> per-iteration logs of the Mahendran & Vedaldi inversions: shallow
     (mv.representations, Table 1's), alexnet (mv.alexnet_layers, Figure 7's)."""
     def logs(rep):
-        return expand("results/reconstructions/mv/{rep}/{shard}.csv", rep=rep, shard=shard_ids("val"))
+        return expand("results/reconstructions/mv/{rep}/{shard}.csv", rep=rep, shard=eval_shard_ids())
 
     m = config["mv"]
     if which == "shallow":
