@@ -143,14 +143,14 @@ def mean_pairwise_distance(X, *, block: int = 256, max_items: int | None = None,
 
 
 #: bytes of float64 data the streamed normaliser holds at once (two blocks of items)
-NORM_MEMORY = 128 * 2**20
+NORM_MEMORY = 512 * 2**20
 #: largest block of items (its distance matrix is block² float64)
 NORM_BLOCK = 1024
 
 
 def mean_pairwise_distance_streamed(read: Callable[[np.ndarray], "np.ndarray | torch.Tensor"], n: int, *,
                                     max_items: int | None = None, seed: int = 0,
-                                    memory: int = NORM_MEMORY) -> float:
+                                    memory: int = NORM_MEMORY, read_rows: Callable | None = None) -> float:
     """:func:`mean_pairwise_distance` of ``n`` items that are read a block at a time.
 
     ``read(indices)`` returns the items ``indices`` (ascending) as an
@@ -162,7 +162,9 @@ def mean_pairwise_distance_streamed(read: Callable[[np.ndarray], "np.ndarray | t
     items (the mean is computed in a first pass), so memory is about
     ``memory`` bytes whatever ``n``, and each block is read once per block
     before it.  Sums come in another order: the two ways agree to float64
-    rounding (about 1e-12 relative).
+    rounding (about 1e-12 relative).  ``read_rows`` reads the blocks instead
+    of ``read``, in any fixed layout of an item (e.g. images as stored,
+    without the transpose to channels first).
     """
     if n < 2:
         raise ValueError(f"the mean pairwise distance needs at least 2 items, got {n}")
@@ -178,9 +180,10 @@ def mean_pairwise_distance_streamed(read: Callable[[np.ndarray], "np.ndarray | t
     if m <= block:
         return mean_pairwise_distance(read(items))
     starts = list(range(0, m, block))
+    read_rows = read_rows or read
 
     def rows(s: int) -> torch.Tensor:
-        return _as_tensor(read(items[s:s + block])).to(torch.float64).reshape(-1, dim)
+        return _as_tensor(read_rows(items[s:s + block])).to(torch.float64).reshape(-1, dim)
 
     mean = torch.zeros(dim, dtype=torch.float64)
     for s in starts:
