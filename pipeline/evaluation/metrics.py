@@ -181,24 +181,29 @@ def mean_pairwise_distance_streamed(read: Callable[[np.ndarray], "np.ndarray | t
         return mean_pairwise_distance(read(items))
     starts = list(range(0, m, block))
     read_rows = read_rows or read
+    # buffers allocated once and filled in place: memory stays flat however many blocks pass
+    bufs = [torch.empty(block, dim, dtype=torch.float64) for _ in range(2)]
+    gram = torch.empty(block, block, dtype=torch.float64)
 
-    def rows(s: int) -> torch.Tensor:
-        return _as_tensor(read_rows(items[s:s + block])).to(torch.float64).reshape(-1, dim)
+    def rows(s: int, buf: torch.Tensor, mean=None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = _as_tensor(read_rows(items[s:s + block]))
+        out = buf[:len(x)]
+        out.copy_(x.reshape(len(x), dim))
+        if mean is not None:
+            out.sub_(mean)
+        return out, torch.linalg.vector_norm(out, dim=1).square_()
 
     mean = torch.zeros(dim, dtype=torch.float64)
     for s in starts:
-        mean += rows(s).sum(dim=0)
+        mean += rows(s, bufs[0])[0].sum(dim=0)
     mean /= m
     total = 0.0
     for i, si in enumerate(starts):
-        a = rows(si) - mean
-        sa = (a * a).sum(dim=1)
+        a, sa = rows(si, bufs[0], mean)
         for sj in starts[i:]:
-            b, sb = (a, sa) if sj == si else (None, None)
-            if b is None:
-                b = rows(sj) - mean
-                sb = (b * b).sum(dim=1)
-            d = (sa[:, None] + sb[None, :] - 2.0 * (a @ b.T)).clamp_min_(0.0).sqrt_()
+            b, sb = (a, sa) if sj == si else rows(sj, bufs[1], mean)
+            d = torch.mm(a, b.T, out=gram[:len(a), :len(b)])
+            d.mul_(-2.0).add_(sa[:, None]).add_(sb[None, :]).clamp_min_(0.0).sqrt_()
             if sj == si:
                 d.fill_diagonal_(0.0)  # i == j
                 total += float(d.sum())
