@@ -22,7 +22,7 @@ from pipeline.decoders.data import PairedData, epoch_batches, iter_batches
 from pipeline.features import get_feature
 from pipeline.store import write_store
 from pipeline.decoders.step import InversionModel, _amp_dtype, train_step
-from pipeline.options import parse_device
+from pipeline.options import parse_device, parse_json_params
 
 PAPER_MS_PER_IMAGE = 5.0  # Dosovitskiy & Brox 2016: "roughly 5 ms per image on a GPU"
 
@@ -122,12 +122,13 @@ def bench_feed(argv: list[str]) -> int:
     p.add_argument("--size", type=int, default=256, help="image side in the shards (256: HOG/SIFT/LBP)")
     p.add_argument("--shard-size", type=int, default=256, help="images per shard")
     p.add_argument("--feature", default="hog", help="representation of the feature stores (float16, gzip)")
+    p.add_argument("--params", default="{}", help="its parameters, a JSON object (e.g. an AlexNet layer)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader workers to time")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
-    feature = get_feature(a.feature).eval()
+    feature = get_feature(a.feature, **parse_json_params(a.params)).eval()
     with tempfile.TemporaryDirectory(prefix="bench-feed-") as tmp:
         shards, stores = [], []
         for s, start in enumerate(range(0, a.images, a.shard_size)):

@@ -156,14 +156,14 @@ def mean_pairwise_distance(X, *, block: int = 256, max_items: int | None = None,
 
 
 #: bytes of float64 data the streamed normaliser holds at once (two blocks of items)
-NORM_MEMORY = 128 * 2**20
+NORM_MEMORY = 512 * 2**20
 #: largest block of items (its distance matrix is block² float64)
 NORM_BLOCK = 1024
 
 
 def mean_pairwise_distance_streamed(read: Callable[[np.ndarray], "np.ndarray | torch.Tensor"], n: int, *,
                                     max_items: int | None = None, seed: int = 0,
-                                    memory: int = NORM_MEMORY) -> float:
+                                    memory: int = NORM_MEMORY, read_rows: Callable | None = None) -> float:
     """:func:`mean_pairwise_distance` of ``n`` items that are read a block at a time.
 
     ``read(indices)`` returns the items ``indices`` (ascending) as an
@@ -175,7 +175,9 @@ def mean_pairwise_distance_streamed(read: Callable[[np.ndarray], "np.ndarray | t
     items (the mean is computed in a first pass), so memory is about
     ``memory`` bytes whatever ``n``, and each block is read once per block
     before it.  Sums come in another order: the two ways agree to float64
-    rounding (about 1e-12 relative).
+    rounding (about 1e-12 relative).  ``read_rows`` reads the blocks instead
+    of ``read``, in any fixed layout of an item (e.g. images as stored,
+    without the transpose to channels first).
     """
     if n < 2:
         raise ValueError(f"the mean pairwise distance needs at least 2 items, got {n}")
@@ -191,24 +193,30 @@ def mean_pairwise_distance_streamed(read: Callable[[np.ndarray], "np.ndarray | t
     if m <= block:
         return mean_pairwise_distance(read(items))
     starts = list(range(0, m, block))
+    read_rows = read_rows or read
+    # buffers allocated once and filled in place: memory stays flat however many blocks pass
+    bufs = [torch.empty(block, dim, dtype=torch.float64) for _ in range(2)]
+    gram = torch.empty(block, block, dtype=torch.float64)
 
-    def rows(s: int) -> torch.Tensor:
-        return _as_tensor(read(items[s:s + block])).to(torch.float64).reshape(-1, dim)
+    def rows(s: int, buf: torch.Tensor, mean=None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = _as_tensor(read_rows(items[s:s + block]))
+        out = buf[:len(x)]
+        out.copy_(x.reshape(len(x), dim))
+        if mean is not None:
+            out.sub_(mean)
+        return out, torch.linalg.vector_norm(out, dim=1).square_()
 
     mean = torch.zeros(dim, dtype=torch.float64)
     for s in starts:
-        mean += rows(s).sum(dim=0)
+        mean += rows(s, bufs[0])[0].sum(dim=0)
     mean /= m
     total = 0.0
     for i, si in enumerate(starts):
-        a = rows(si) - mean
-        sa = (a * a).sum(dim=1)
+        a, sa = rows(si, bufs[0], mean)
         for sj in starts[i:]:
-            b, sb = (a, sa) if sj == si else (None, None)
-            if b is None:
-                b = rows(sj) - mean
-                sb = (b * b).sum(dim=1)
-            d = (sa[:, None] + sb[None, :] - 2.0 * (a @ b.T)).clamp_min_(0.0).sqrt_()
+            b, sb = (a, sa) if sj == si else rows(sj, bufs[1], mean)
+            d = torch.mm(a, b.T, out=gram[:len(a), :len(b)])
+            d.mul_(-2.0).add_(sa[:, None]).add_(sb[None, :]).clamp_min_(0.0).sqrt_()
             if sj == si:
                 d.fill_diagonal_(0.0)  # i == j
                 total += float(d.sum())

@@ -157,7 +157,7 @@ class TestSet:
         streamed (:func:`pipeline.evaluation.metrics.mean_pairwise_distance_streamed`), or of a
         random subset of ``max_items`` of them."""
         return mean_pairwise_distance_streamed(lambda i: images_nchw(self.take(i)), len(self),
-                                               max_items=max_items, seed=seed)
+                                               max_items=max_items, seed=seed, read_rows=self.take)
 
     def verify(self, store, attrs: dict) -> None:
         """Raise unless the store ``store`` (its attributes ``attrs``) was made from one
