@@ -10,6 +10,7 @@ refuses a number of the wrong sign naming the option (exit code 2).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import re
@@ -66,3 +67,16 @@ positive_int = _bounded(int, lambda v: v >= 1, "a positive integer")
 nonnegative_int = _bounded(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _bounded(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
 nonnegative_float = _bounded(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch CPU threads (0: torch's default), then restore them."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(old)

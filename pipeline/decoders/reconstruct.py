@@ -35,7 +35,7 @@ from pipeline.evaluation.perturbations import perturb
 from pipeline.features import get_feature
 from pipeline.images import image_grid, side_by_side
 from pipeline.io import sha256_file
-from pipeline.options import nonnegative_int, parse_device, parse_json_params, positive_int
+from pipeline.options import nonnegative_int, parse_device, parse_json_params, positive_int, torch_threads
 from pipeline.store import feature_mismatch, write_reconstructions
 from pipeline.vocabulary import PERTURBATIONS
 
@@ -91,14 +91,8 @@ def configure_reconstruct_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run_reconstruct(args) -> int:
-    old_threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         reconstruct(args)
-    finally:
-        if args.threads:
-            torch.set_num_threads(old_threads)
     return 0
 
 

@@ -77,7 +77,7 @@ from pipeline.decoders.step import InversionModel, _amp_dtype
 from pipeline.features import get_feature
 from pipeline.io import remove_stale_temporaries, write_json
 from pipeline.options import (
-    nonnegative_float, nonnegative_int, parse_device, parse_json_params, positive_float, positive_int,
+    nonnegative_float, nonnegative_int, parse_device, parse_json_params, positive_float, positive_int, torch_threads,
 )
 from pipeline.store import feature_mismatch
 from pipeline.torchfile import load_torch_file
@@ -190,14 +190,8 @@ def _feature_rms(model: InversionModel, data: PairedData, device, n: int = SCALE
 
 
 def run(args) -> int:
-    old_threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         train(args)
-    finally:
-        if args.threads:
-            torch.set_num_threads(old_threads)
     return 0
 
 
