@@ -42,16 +42,16 @@ MAPPED: dict[tuple[str, ...], dict[str, str]] = {
     ("evaluate", "perturb"): {"seed": "seed"},
     ("evaluate", "table2"): STATS,
     ("evaluate", "mv-table1"): {**STATS, "max_images": "mv.max_images"},
-    ("evaluate", "figure7"): STATS,
+    ("evaluate", "figure7"): {**STATS, "layers": "network.layers"},
     ("evaluate", "grid"): {**STATS, "count": "evaluation.grid_count"},
     **{("evaluate", fig): {"seed": "seed"} for fig in ("fig8", "fig10", "fig11")},
     ("evaluate", "training-curves"): {},
     ("evaluate", "mv-energy"): {},
 }
 #: settings that label a figure or table rather than set how it is computed: by hand
-#: they default to "not named" (the schema's dataset.name 'sample' and alexnet.weights
+#: they default to "not named" (the schema's dataset.name 'sample' and network.label
 #: 'random' describe the workflow's default data, not whatever images are given)
-LABELS = {cmd: {"dataset", "weights"} for cmd in MAPPED if cmd[0] == "evaluate" and cmd[1] != "perturb"}
+LABELS = {cmd: {"dataset", "network"} for cmd in MAPPED if cmd[0] == "evaluate" and cmd[1] != "perturb"}
 
 
 def schema_default(key: str):

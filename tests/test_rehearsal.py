@@ -102,7 +102,8 @@ def rehearsal_config(root: Path) -> dict:
     ds["shards"] = {"train": 2, "val": 4}
     for rep in cfg["representations"].values():
         rep["image_size"] = 32
-    cfg["alexnet"].update(weights="random", image_size=64)  # no AlexNet file here
+    cfg["network"]["params"]["weights"] = "random"  # no AlexNet file here
+    cfg["network"]["image_size"] = 64
     cfg["features"]["device"] = "cpu"
     cfg["decoders"].update(steps=2, batch_size=8, checkpoint_every=2, workers=0)
     cfg["mv"].update(max_images=6, iterations=3, batch_size=8)  # the first 6 lie in val shards 0 and 1

@@ -27,10 +27,14 @@ def _enums(node, path=""):
 
 def test_schema_enums_are_the_vocabulary():
     enums = dict(_enums(SCHEMA))
-    layer_enums = {p: e for p, e in enums.items() if "conv1" in e}
-    assert len(layer_enums) >= 4  # alexnet.layers, decoders.*_layers, mv.alexnet_layers, preimage.layers
-    for path, e in layer_enums.items():
-        assert tuple(e) == voc.ALEXNET_LAYERS, path
+    # layers are the configured network's (free strings); their defaults are AlexNet's, the papers' network
+    props = SCHEMA["properties"]
+    for section, key in (("network", "layers"), ("decoders", "network_layers"), ("decoders", "autoencoder_layers"),
+                         ("mv", "network_layers")):
+        assert tuple(props[section]["properties"][key]["default"]) == voc.ALEXNET_LAYERS, (section, key)
+    figs = props["network"]["properties"]["figure_layers"]["properties"]
+    assert {f: tuple(v["default"]) for f, v in figs.items()} == voc.FIGURE_LAYERS
+    assert props["network"]["properties"]["feature"]["default"] == "alexnet"
     assert tuple(enums["properties.decoders.properties.perturbations.items"]) == tuple(voc.PERTURBATIONS)
 
 

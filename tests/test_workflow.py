@@ -70,16 +70,16 @@ def job_counts(stdout: str) -> dict[str, int]:
 def test_dry_run_of_all_targets_default_config(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "1")
     counts = job_counts(proc.stdout)
-    # config/config.yaml: 4 train + 1 val shards at two image sizes (shallow 128 px, AlexNet 64 px)
+    # config/config.yaml: 4 train + 1 val shards at one image size (128 px: shallow and EfficientNet-Lite0)
     assert counts["list_images"] == 2
-    assert counts["make_shard"] == 2 * (4 + 1)
-    # stores for the decoders' representations: hog, sift, lbp + 8 AlexNet layers, every shard
-    assert counts["extract_features"] == (3 + 8) * 5
-    assert counts["train_decoder"] == 3 + 8
-    assert counts["train_autoencoder"] == 3  # conv2, conv5, fc8
-    assert counts["invert_mv"] == 3 + 3  # hog, hogb, dsift + conv2, conv5, fc8 on the 1 val shard
-    assert counts["perturb_features"] == 8 * 3  # every AlexNet layer x 3 perturbations
-    assert counts["reconstruct"] == 3 + 8 + 8 * 3 + 3  # ours, ours AlexNet, perturbed, autoencoder
+    assert counts["make_shard"] == 4 + 1
+    # stores for the decoders' representations: hog, sift, lbp + 6 network layers, every shard
+    assert counts["extract_features"] == (3 + 6) * 5
+    assert counts["train_decoder"] == 3 + 6
+    assert counts["train_autoencoder"] == 2  # stage4, logits
+    assert counts["invert_mv"] == 3 + 2  # hog, hogb, dsift + stage4, logits on the 1 val shard
+    assert counts["perturb_features"] == 6 * 3  # every decoded network layer x 3 perturbations
+    assert counts["reconstruct"] == 3 + 6 + 6 * 3 + 2  # ours, ours network, perturbed, autoencoder
     for rule in ("table2", "mv_table1", "figure7", "train_hoggles", "invert_hoggles", "mean_image"):
         assert counts[rule] == 1, rule
 
@@ -142,8 +142,8 @@ def test_configfile_replaces_the_default_config_instead_of_merging(tmp_path):
     # a config without decoders.overrides must not inherit the sample config's
     cfg = tmp_path / "plain.yaml"
     cfg.write_text("representations:\n  hog: {feature: hog, image_size: 64}\ndecoders:\n  train: [hog]\n"
-                   "  alexnet_layers: []\n  autoencoder_layers: []\nalexnet:\n  layers: []\n"
-                   "mv:\n  representations: [hog]\n  alexnet_layers: []\n")
+                   "  network_layers: []\n  autoencoder_layers: []\nnetwork:\n  layers: []\n"
+                   "mv:\n  representations: [hog]\n  network_layers: []\n")
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "results/models/hog/decoder.pt",
                      "--configfile", str(cfg))
     line = next(li for li in proc.stdout.splitlines() if "pipeline train" in li and "--representation hog" in li)
@@ -208,7 +208,7 @@ def test_imagenet_config_plans_the_papers_protocols(tmp_path):
     cfg = yaml.safe_load((REPO / "config" / "imagenet.yaml").read_text())
     cfg["dataset"]["imagefolder"]["root"] = str(tmp_path)
     cfg["dataset"]["shards"]["train"] = 2
-    cfg["alexnet"]["weights"] = "random"
+    cfg["network"]["params"]["weights"] = "random"
     path = tmp_path / "imagenet.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", str(path))

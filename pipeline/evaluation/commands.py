@@ -30,7 +30,7 @@ from pipeline.evaluation.testset import TestSet, reconstructions_of
 from pipeline.io import atomic_path, write_caption_sidecar, write_text
 from pipeline.options import positive_int
 from pipeline.store import derive_store
-from pipeline.vocabulary import FEATURE_TRANSFORMS, FIGURE7_CURVES, MV_TABLE1_ROWS, TABLE2_ROWS
+from pipeline.vocabulary import ALEXNET_LAYERS, FEATURE_TRANSFORMS, FIGURE7_CURVES, MV_TABLE1_ROWS, TABLE2_ROWS
 from pipeline.decoders.modelfile import load_model
 from pipeline.decoders.reconstruct import reconstruct_batch
 
@@ -77,6 +77,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         q.add_argument("--max-images", type=int, help="evaluate only the first N test images")
         q.add_argument("--dataset", default="", help="dataset name for the caption and the dataset column")
         q.add_argument("--weights", help="AlexNet weights for the caption ('random' -> untrained)")
+        q.add_argument("--network", help="the network for the caption (e.g. 'EfficientNet-Lite0, ImageNet weights')")
         q.add_argument("--caption", default="", help="extra caption text")
         q.add_argument("--ci", choices=("bootstrap", "t"), default="bootstrap", help="95%% interval method")
         q.add_argument("--seed", type=int, default=0, help="bootstrap / subsampling seed")
@@ -113,11 +114,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     q.add_argument("--md", help="Markdown path (default: --out with .md)")
     q.add_argument("--html", help="optional HTML page of the table (for the Snakemake report)")
 
-    q = sub.add_parser("figure7", help="Dosovitskiy & Brox 2016, Figure 7: error per AlexNet layer")
+    q = sub.add_parser("figure7", help="Dosovitskiy & Brox 2016, Figure 7: error per layer of the network")
     common(q)
     q.add_argument("--point", action="append", metavar="CURVE:LAYER=STORE[,STORE...]",
                    help=f"reconstructions of one curve at one layer; curves e.g. {', '.join(FIGURE7_CURVES)}")
     q.add_argument("--label", action="append", metavar="CURVE=TEXT", help="legend label of a curve")
+    q.add_argument("--layers", nargs="+", metavar="LAYER", default=list(ALEXNET_LAYERS),
+                   help="the x axis: the network's layers in order (default: AlexNet's); other layers of the "
+                        "points follow in the order they are named")
     q.add_argument("--norm-max-images", type=positive_int, help="estimate N from a random subset of this many images")
     q.add_argument("--out", default="results/figure7.csv", help="CSV path; the .png is written beside it")
     q.add_argument("--png", help="PNG path (default: --out with .png)")
@@ -181,6 +185,7 @@ def _caption_args(q) -> None:
     q.add_argument("--out", required=True, help="PNG path (a PDF is written beside it)")
     q.add_argument("--dataset", default="", help="dataset name for the caption")
     q.add_argument("--weights", help="AlexNet weights for the caption ('random' -> untrained)")
+    q.add_argument("--network", help="the network for the caption (e.g. 'EfficientNet-Lite0, ImageNet weights')")
     q.add_argument("--caption", default="", help="extra caption text")
 
 
@@ -195,6 +200,7 @@ def _figure_model_args(q, per_layer: bool = False) -> None:
     q.add_argument("--keys", nargs="+", help="image keys (default: the first ones)")
     q.add_argument("--dataset", default="", help="dataset name for the caption")
     q.add_argument("--weights", help="AlexNet weights for the caption (default: from the model)")
+    q.add_argument("--network", help="the network for the caption (e.g. 'EfficientNet-Lite0, ImageNet weights')")
     q.add_argument("--caption", default="", help="extra caption text")
     q.add_argument("--seed", type=int, default=0, help="seed of random choices (perturbations, samples)")
     q.add_argument("--device", default="cpu", help="device of the decoders and the encoder: cpu, cuda or cuda:N")
@@ -206,7 +212,7 @@ def _caption(args, weights_seen: Iterable[str] = ()) -> str:
     if not weights:
         seen = sorted(set(weights_seen))
         weights = ", ".join(seen) if seen else None
-    return caption_text(args.dataset, weights, args.caption)
+    return caption_text(args.dataset, weights, args.caption, network=getattr(args, "network", None))
 
 
 def _md_path(args, ext: str = ".md") -> str:
@@ -323,12 +329,12 @@ def run_figure7(args) -> int:
         raise ValueError("nothing to plot: give --point CURVE:LAYER=STORE,...")
     labels = dict(_parse_label(it) for it in args.label or [])
     records, weights = figure7(test, points, dataset=args.dataset, labels=labels, ci=args.ci, seed=args.seed,
-                               norm_max_images=args.norm_max_images)
+                               norm_max_images=args.norm_max_images, layers=args.layers)
     caption = _caption(args, weights)
     write_csv(args.out, records, FIGURE7_COLUMNS)
     write_caption_sidecar(args.out, caption)
     png = args.png or _md_path(args, ".png")
-    figures.plot_layer_errors(png, records, caption=caption)
+    figures.plot_layer_errors(png, records, caption=caption, layers=figures.layer_order(points, args.layers))
     print(f"wrote {args.out} and {png}: {len(records)} points")
     return 0
 
@@ -492,7 +498,8 @@ def run_fig11(args) -> int:
 def run_curves(args) -> int:
     """``training-curves`` and ``mv-energy``: read and drawn by :mod:`pipeline.evaluation.curves`."""
     runs = dict(_parse_assign(it, "--run") for it in args.run)
-    what = curves.FIGURES[args.what](args.out, runs, caption_text(args.dataset, args.weights, args.caption))
+    what = curves.FIGURES[args.what](args.out, runs, caption_text(args.dataset, args.weights, args.caption,
+                                                                   network=args.network))
     print(f"wrote {args.out}: {what}")
     return 0
 

@@ -41,19 +41,26 @@ Decoder = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
 # --------------------------------------------------------------------------- Figure 7
 
 
-def _layer_order(layer: str) -> tuple[int, str]:
-    return (ALEXNET_LAYERS.index(layer), layer) if layer in ALEXNET_LAYERS else (len(ALEXNET_LAYERS), layer)
+def layer_order(points, layers: Sequence[str] | None = None) -> list[str]:
+    """Figure 7's x axis: ``layers`` (the network's order, e.g. network.layers), else
+    AlexNet's; layers of the points outside it follow in the order the points name them."""
+    known = list(layers if layers is not None else ALEXNET_LAYERS)
+    named = list(dict.fromkeys(layer for _, layer in points))
+    return [l for l in known if l in named] + [l for l in named if l not in known]
 
 
 def figure7(test: TestSet, points: dict[tuple[str, str], list[str]], *, dataset: str, labels: dict | None = None,
-            ci: str = "bootstrap", seed: int = 0, norm_max_images: int | None = None) -> tuple[list[dict], set]:
-    """Figure 7 records, one per (curve, layer) given, and the encoder weights seen in the stores."""
+            ci: str = "bootstrap", seed: int = 0, norm_max_images: int | None = None,
+            layers: Sequence[str] | None = None) -> tuple[list[dict], set]:
+    """Figure 7 records, one per (curve, layer) given, in ``layers`` order (:func:`layer_order`),
+    and the encoder weights seen in the stores."""
     labels = {**FIGURE7_CURVES, **(labels or {})}
     norm = test.normaliser(norm_max_images, seed)
     curves = list(dict.fromkeys(c for c, _ in points))
+    order = layer_order(points, layers)
     records, weights = [], set()
     for c in curves:
-        for layer in sorted((l for cc, l in points if cc == c), key=_layer_order):
+        for layer in sorted((l for cc, l in points if cc == c), key=order.index):
             meta, err = [], []
             for idx, recs in iter_reconstructions(test, points[(c, layer)], meta):
                 err.append(normalized_errors(test.take(idx), recs, norm)[0])

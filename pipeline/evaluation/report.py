@@ -18,12 +18,17 @@ from pipeline.io import write_text
 # --------------------------------------------------------------------------- captions
 
 
-def caption_text(dataset: str | None = None, weights: str | None = None, extra: str | None = None) -> str:
-    """One caption line: the dataset, the AlexNet weights, "untrained" when they were random."""
+def caption_text(dataset: str | None = None, weights: str | None = None, extra: str | None = None,
+                 network: str | None = None) -> str:
+    """One caption line: the dataset, then the network as the configuration names it
+    (``network``, e.g. "EfficientNet-Lite0, ImageNet weights") or else the AlexNet
+    weights, "untrained" when they were random."""
     parts = []
     if dataset:
         parts.append(f"Dataset: {dataset}.")
-    if weights:
+    if network:
+        parts.append(f"Network: {network.rstrip('.')}.")
+    elif weights:
         if str(weights) == "random":
             parts.append("AlexNet weights: random (untrained encoder).")
         else:

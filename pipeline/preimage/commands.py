@@ -45,6 +45,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", help="image shard: targets (invert, caricature) or the activation scale (maximise)")
     p.add_argument("--max-images", type=positive_int, default=None, help="use only the first N images of the shard")
     p.add_argument("--units", nargs="+", type=int, default=None, help="maximise: channels of the layer")
+    p.add_argument("--units-for", action="append", default=None, metavar="TAP=U[,U...]",
+                   help="maximise: the channels of one tap instead of --units (e.g. ImageNet classes of the "
+                        "logits); every tap maximises the same number of units (repeatable)")
     p.add_argument("--position", default="mean", help="maximise: 'mean' (channel), 'center' or 'i,j' (one unit)")
     p.add_argument("--size", type=positive_int, default=None,
                    help="maximise: image size (default: the shard's, else 227)")
@@ -101,6 +104,21 @@ def plain_layer_name(tap: str) -> str:
     if not sep or rest or not base:
         return str(tap)
     return base if base == "fc8" else f"{base} (before ReLU)"
+
+
+def _units_for(items, layers) -> dict:
+    """``--units-for TAP=U,U`` -> {tap: [units]}; every tap must be one of ``layers``."""
+    out = {}
+    for it in items or []:
+        tap, sep, rest = it.partition("=")
+        try:
+            units = [int(u) for u in rest.split(",")] if sep and rest else None
+        except ValueError:
+            units = None
+        if not units or tap not in layers:
+            raise ValueError(f"--units-for {it!r}: expected TAP=U[,U...] with TAP one of --layers {layers}")
+        out[tap] = units
+    return out
 
 
 def _pair(text: str | None, what: str):
@@ -174,11 +192,17 @@ def run(args) -> int:
         if args.shard:
             return _run_empty(args, params)
         raise SystemExit(f"--mode {args.mode} needs --shard (the target images)")
-    if args.mode == "maximise" and not args.units:
-        raise SystemExit("--mode maximise needs --units (channels of the layer)")
+    layers = args.layers or [params.get("layer")]
+    units_for = _units_for(args.units_for, layers)
+    if args.mode == "maximise":
+        missing = [str(l) for l in layers if not units_for.get(l, args.units)]
+        if missing:
+            raise SystemExit(f"--mode maximise needs --units (channels of the layer) for {', '.join(missing)}")
+        counts = {len(units_for.get(l, args.units)) for l in layers}
+        if len(counts) > 1:
+            raise ValueError(f"--units/--units-for: every tap maximises the same number of units, got {sorted(counts)}")
     position = args.position if args.position in ("mean", "center") else _pair(args.position, "--position")
     size = args.size or (images.shape[-1] if images is not None else 227)
-    layers = args.layers or [params.get("layer")]
     t0 = time.perf_counter()
     all_keys, all_imgs, grid_rows, labels, settings, trained = [], [], [], [], [], True
     for layer in layers:
@@ -196,8 +220,9 @@ def run(args) -> int:
         if args.mode == "maximise":
             Z = activation_scale(feature, images, (size, size), seed=args.seed,
                                  channels=1 if is_gray_feature(feature) else 3)
-            for s in range(0, len(args.units), args.batch_size):
-                u = args.units[s: s + args.batch_size]
+            layer_units = units_for.get(layer, args.units)
+            for s in range(0, len(layer_units), args.batch_size):
+                u = layer_units[s: s + args.batch_size]
                 res, log = preimage(feature, "maximise", units=u, position=position, image_size=(size, size),
                                     scale=Z, **common)
                 check_finite_inversion(f"{tag} (maximise)", [f"{tag}/{k}" for k in log.keys], res,
@@ -207,7 +232,7 @@ def run(args) -> int:
                 print(f"{tag}: units {u}: objective/Z {np.round(log.first('objective') / Z, 2).tolist()} -> "
                       f"{np.round(log.final('objective') / Z, 2).tolist()}", file=sys.stderr)
             grid_rows.append([o for r in outs for o in r])
-            labels.append(tag)
+            labels.append(tag if layer not in units_for else f"{tag}: {', '.join(map(str, layer_units))}")
         else:
             shape = feature.output_shape(*images.shape[-2:])
             mask = _mask_from_args(args, shape)
@@ -249,7 +274,8 @@ def run(args) -> int:
         names = [plain_layer_name(t) for t in labels]
         if args.mode == "maximise":
             rows, row_labels = grid_rows, names
-            col_labels = [f"channel {u}" for u in args.units]
+            col_labels = ([f"channel {u}" for u in args.units] if not units_for
+                          else [f"unit {i + 1}" for i in range(len(grid_rows[0]))])
         else:  # rows: images; columns: input, then each layer's result
             rows = [[images[i]] + [grid_rows[L][i] for L in range(len(layers))] for i in range(len(images))]
             row_labels, col_labels = None, ["Image"] + names

@@ -41,12 +41,14 @@ def _check_config():
                 verify_weights(r["feature"], r["params"])
         except (KeyError, ValueError, FileNotFoundError) as e:
             raise ValueError(f"representations.{name}: {e.args[0] if isinstance(e, KeyError) else e}") from None
-    a = config["alexnet"]
-    if a["layers"] and a["weights"] not in ("random", "torchvision") and workflow.is_main_process:
+    n = config["network"]
+    if n["layers"]:
         try:
-            verify_weights("alexnet", {"arch": a["arch"], "weights": a["weights"], "seed": config["seed"]})
-        except (FileNotFoundError, ValueError) as e:
-            raise ValueError(f"alexnet.weights: {e}") from None
+            check_params(n["feature"], dict(n["params"], layer=n["layers"][0]))
+            if workflow.is_main_process:
+                verify_weights(n["feature"], n["params"])
+        except (KeyError, ValueError, FileNotFoundError) as e:
+            raise ValueError(f"network.params: {e.args[0] if isinstance(e, KeyError) else e}") from None
     for key in ("decoders", "mv"):
         section = config[key]
         for rep in section.get("train", section.get("representations", [])):
@@ -54,26 +56,47 @@ def _check_config():
                 raise ValueError(
                     f"{key}: {rep!r} is not a key of 'representations' ({sorted(config['representations'])})"
                 )
-    for layer in config["decoders"]["alexnet_layers"] + config["decoders"]["autoencoder_layers"] + config["mv"]["alexnet_layers"]:
-        if layer not in config["alexnet"]["layers"]:
-            raise ValueError(f"decoders/mv: AlexNet layer {layer!r} is not in alexnet.layers {config['alexnet']['layers']}")
+    used = {"decoders.network_layers": config["decoders"]["network_layers"],
+            "decoders.autoencoder_layers": config["decoders"]["autoencoder_layers"],
+            "mv.network_layers": config["mv"]["network_layers"]}
+    for key, layers in used.items():
+        for layer in layers:
+            if layer not in n["layers"]:
+                raise ValueError(f"{key}: layer {layer!r} is not in network.layers {n['layers']}")
     if (config["evaluation"]["val_shards"] or 0) > ds["shards"]["val"]:
         raise ValueError(
             f"evaluation.val_shards: {config['evaluation']['val_shards']} of only {ds['shards']['val']} "
             "validation shards (dataset.shards.val)"
         )
-    known = set(config["representations"]) | {f"alexnet_{l}" for l in config["alexnet"]["layers"]}
+    known = set(config["representations"]) | {net_rep(l) for l in n["layers"]}
     for rep in config["decoders"]["overrides"]:
         if rep not in known:
             raise ValueError(f"decoders.overrides.{rep}: not a representation ({sorted(known)})")
     for name in config["representations"]:
-        if not name.replace("_", "").isalnum() or name.startswith("alexnet"):
+        if not name.replace("_", "").isalnum() or name.startswith(f"{n['feature']}_"):
             raise ValueError(
-                f"representations.{name}: names are letters, digits and '_' and may not start with 'alexnet'"
+                f"representations.{name}: names are letters, digits and '_' and may not start with "
+                f"'{n['feature']}_' (the network's layers are named so)"
             )
 
 
+def network_label():
+    """The network as captions name it: network.label, else its feature and weights."""
+    n = config["network"]
+    if n["label"]:
+        return n["label"]
+    w = n["params"].get("weights", "default")
+    return f"{n['feature']}, weights {w}" + (" (untrained)" if w == "random" else "")
+
+
+def net_rep(layer):
+    """The representation of one layer of the network (``network``): {feature}_{layer}."""
+    return f"{config['network']['feature']}_{layer}"
+
+
 _check_config()
+# captions and the report name the network so (derived once, here)
+config["network"]["label"] = network_label()
 
 
 # ---------------------------------------------------------------- representations
@@ -83,13 +106,10 @@ def representations():
         name: {"feature": r["feature"], "params": r["params"], "image_size": r["image_size"]}
         for name, r in config["representations"].items()
     }
-    a = config["alexnet"]
-    for layer in a["layers"]:
-        reps[f"alexnet_{layer}"] = {
-            "feature": "alexnet",
-            "params": {"layer": layer, "arch": a["arch"], "weights": a["weights"], "seed": config["seed"]},
-            "image_size": a["image_size"],
-        }
+    n = config["network"]
+    for layer in n["layers"]:
+        reps[net_rep(layer)] = {"feature": n["feature"], "params": dict(n["params"], layer=layer),
+                                "image_size": n["image_size"]}
     return reps
 
 
@@ -98,6 +118,10 @@ REPS = representations()
 
 def rep_size(rep):
     return REPS[rep]["image_size"]
+
+
+def net_size():
+    return config["network"]["image_size"]
 
 
 def image_sizes():
@@ -162,15 +186,15 @@ def all_targets():
     t += expand("results/models/{rep}/decoder.pt", rep=d["train"])
     if mv_table1_rows():
         t += ["results/mv_table1.csv", "results/mv_table1.md", "results/mv_table1.html"]
-    for which in ("shallow", "alexnet"):  # how the runs went
+    for which in ("shallow", "network"):  # how the runs went
         t += [f"results/figures/training_curves_{which}.png"] if training_runs(which) else []
         t += [f"results/figures/mv_energy_{which}.png"] if mv_runs(which) else []
-    if config["alexnet"]["layers"]:
+    if config["network"]["layers"]:
         if figure7_points():
             t += ["results/figure7.csv", "results/figure7.png"]
-        if d["alexnet_layers"]:
-            t += ["results/figures/grid_alexnet.png"]
-            t += expand("results/models/alexnet_{layer}/decoder.pt", layer=d["alexnet_layers"])
+        if d["network_layers"]:
+            t += ["results/figures/grid_network.png"]
+            t += [f"results/models/{net_rep(l)}/decoder.pt" for l in d["network_layers"]]
         t += [f"results/figures/{fig}.png" for fig in FIGURE_LAYERS if figure_layers(fig)]
         if PREIMAGE_LAYERS:
             t += expand("results/figures/preimage_{mode}.png", mode=PREIMAGE_MODES)

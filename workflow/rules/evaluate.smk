@@ -91,7 +91,7 @@ rule mv_table1:
 
 rule figure7:
     input:
-        images=lambda w: eval_shard_paths(config["alexnet"]["image_size"]),
+        images=lambda w: eval_shard_paths(net_size()),
         stores=lambda w: [p for paths in figure7_points().values() for p in paths],
         figures=lambda w: run_figures("figure7"),
     output:
@@ -101,11 +101,11 @@ rule figure7:
             caption="../report/figure7.rst",
             category=DB2016,
             subcategory="Figure 7",
-            labels={"figure": "Figure 7: error per AlexNet layer"},
+            labels={"figure": f"Figure 7: error per layer of {network_label()}"},
         ),
     params:
         points=lambda w: labelled_args("--point", ((f"{c}:{l}", v) for (c, l), v in figure7_points().items())),
-        settings=as_json(caption_settings()),
+        settings=as_json(dict(caption_settings(), layers=config["network"]["layers"])),
     log:
         "logs/figure7.log",
     benchmark:
@@ -119,7 +119,7 @@ rule figure7:
 
 rule grid:
     input:
-        images=lambda w: eval_shard_paths(rep_size("hog") if w.which == "shallow" else config["alexnet"]["image_size"]),
+        images=lambda w: eval_shard_paths(rep_size("hog") if w.which == "shallow" else net_size()),
         stores=lambda w: [p for paths in grid_columns(w.which).values() for p in paths],
     output:
         report(
@@ -130,7 +130,7 @@ rule grid:
             labels=lambda w: {"figure": GRID_FIGURES[w.which]},
         ),
     wildcard_constraints:
-        which="shallow|alexnet",
+        which="shallow|network",
     params:
         columns=lambda w: labelled_args("--column", grid_columns(w.which).items()),
         settings=as_json(dict(caption_settings(), **pick(config["evaluation"], count="grid_count"))),
@@ -145,31 +145,31 @@ rule grid:
         " --out {output} > {log} 2>&1"
 
 
-rule alexnet_figure:
+rule network_figure:
     input:
-        images=lambda w: eval_shard_paths(config["alexnet"]["image_size"]),
-        models=lambda w: [f"results/models/alexnet_{l}/decoder.pt" for l in figure_layers(w.fig)],
+        images=lambda w: eval_shard_paths(net_size()),
+        models=lambda w: [f"results/models/{net_rep(l)}/decoder.pt" for l in figure_layers(w.fig)],
     output:
         report(
             "results/figures/{fig}.png",
-            caption="../report/alexnet_figure.rst",
+            caption="../report/network_figure.rst",
             category=DB2016,
-            subcategory="AlexNet studies",
-            labels=lambda w: {"figure": ALEXNET_FIGURES[w.fig]},
+            subcategory="Network studies",
+            labels=lambda w: {"figure": NETWORK_FIGURES[w.fig]},
         ),
     wildcard_constraints:
         fig="fig8|fig10|fig11",
     params:
         models=lambda w: (
-            f"--model results/models/alexnet_fc8"
+            f"--model results/models/{net_rep(figure_layers('fig8')[0])}"
             if w.fig == "fig8"
-            else " ".join(f"--model {l}=results/models/alexnet_{l}" for l in figure_layers(w.fig))
+            else " ".join(f"--model {l}=results/models/{net_rep(l)}" for l in figure_layers(w.fig))
         ),
         settings=as_json(dict(caption_settings(stats=False), seed=config["seed"])),
     log:
-        "logs/alexnet_figure/{fig}.log",
+        "logs/network_figure/{fig}.log",
     benchmark:
-        "benchmarks/alexnet_figure/{fig}.tsv"
+        "benchmarks/network_figure/{fig}.tsv"
     conda:
         "../../envs/pipeline.yaml"
     shell:
@@ -189,10 +189,10 @@ rule training_curves:
             labels=lambda w: {"decoders": TRAINING_SETS[w.which]},
         ),
     wildcard_constraints:
-        which="shallow|alexnet",
+        which="shallow|network",
     params:
         runs=lambda w: labelled_args("--run", ((k, [v]) for k, v in training_runs(w.which).items())),
-        settings=lambda w: as_json(caption_settings(stats=False, alexnet=w.which == "alexnet")),
+        settings=lambda w: as_json(caption_settings(stats=False, network=w.which == "network")),
     log:
         "logs/training_curves/{which}.log",
     benchmark:
@@ -216,10 +216,10 @@ rule mv_energy:
             labels=lambda w: {"inversions": ENERGY_SETS[w.which]},
         ),
     wildcard_constraints:
-        which="shallow|alexnet",
+        which="shallow|network",
     params:
         runs=lambda w: labelled_args("--run", mv_runs(w.which).items()),
-        settings=lambda w: as_json(caption_settings(stats=False, alexnet=w.which == "alexnet")),
+        settings=lambda w: as_json(caption_settings(stats=False, network=w.which == "network")),
     log:
         "logs/mv_energy/{which}.log",
     benchmark:

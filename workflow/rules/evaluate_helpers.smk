@@ -2,7 +2,7 @@
 # reconstruction stores of the configured methods.
 import shlex
 
-from pipeline.vocabulary import FIGURE_LAYERS, MV_TABLE1_ROWS, PAPERS, TABLE2_ROWS
+from pipeline.vocabulary import MV_TABLE1_ROWS, PAPERS, TABLE2_ROWS
 
 #: the report's categories: one per paper
 DB2016, MV2015, MV2016 = PAPERS
@@ -19,13 +19,12 @@ def labelled_args(option, items):
     return " ".join(f"{option} {w}" for w in words)
 
 
-def caption_settings(stats=True, alexnet=True, max_images=None):
-    """Dataset and weights for captions (without ``alexnet``, for what uses no AlexNet, the
-    weights are null: left out); with ``stats`` the interval method, seed, image subset
+def caption_settings(stats=True, network=True, max_images=None):
+    """Dataset and network for captions (without ``network``, for what uses no network, the
+    network is null: left out); with ``stats`` the interval method, seed, image subset
     (``max_images``, default evaluation.max_images: the decoders' evaluation set)."""
-    a = config["alexnet"]
-    weights = (a["weights"] if a["layers"] else "none") if alexnet else None
-    settings = {"dataset": config["dataset"]["name"], "weights": weights}
+    label = (network_label() if config["network"]["layers"] else "none") if network else None
+    settings = {"dataset": config["dataset"]["name"], "network": label}
     if stats:
         settings.update(pick(config["evaluation"], "ci", "max_images"), seed=config["seed"])
         if max_images is not None:
@@ -61,15 +60,15 @@ def mv_table1_rows():
 
 def figure7_points():
     d, pts = config["decoders"], {}
-    for layer in config["alexnet"]["layers"]:
-        rep = f"alexnet_{layer}"
-        if layer in d["alexnet_layers"]:
+    for layer in config["network"]["layers"]:
+        rep = net_rep(layer)
+        if layer in d["network_layers"]:
             pts[("ours", layer)] = recon("ours", rep)
             for kind in d["perturbations"]:
                 pts[(f"ours-{kind}", layer)] = recon(f"ours-{kind}", rep)
         if layer in d["autoencoder_layers"]:
             pts[("autoencoder", layer)] = recon("autoencoder", rep)
-        if layer in config["mv"]["alexnet_layers"]:
+        if layer in config["mv"]["network_layers"]:
             pts[("mv", layer)] = recon("mv", rep)
     return pts
 
@@ -77,11 +76,12 @@ def figure7_points():
 def grid_columns(which):
     if which == "shallow":
         return {TABLE2_ROWS[k][0]: v for k, v in table2_rows().items()}
-    return {layer: recon("ours", f"alexnet_{layer}") for layer in config["decoders"]["alexnet_layers"]}
+    return {layer: recon("ours", net_rep(layer)) for layer in config["decoders"]["network_layers"]}
 
 
 def figure_layers(fig):
-    return [l for l in FIGURE_LAYERS[fig] if l in config["decoders"]["alexnet_layers"]]
+    """The layers Figure ``fig`` shows (network.figure_layers) that have a decoder."""
+    return [l for l in config["network"]["figure_layers"][fig] if l in config["decoders"]["network_layers"]]
 
 
 # ------------------------------------------------------------ how the runs went
@@ -92,44 +92,44 @@ def _named(method, rep, rows, default):
 
 def training_runs(which):
     """Legend label -> metrics.csv of the decoders: shallow (decoders.train, Table 2's),
-    alexnet (the AlexNet layers' decoders and autoencoders, Figure 7's)."""
+    network (the network layers' decoders and autoencoders, Figure 7's)."""
     d = config["decoders"]
     if which == "shallow":
         return {_named("ours", rep, TABLE2_ROWS.values(), f"{rep} ours"): f"results/models/{rep}/metrics.csv"
                 for rep in d["train"]}
-    runs = {f"{l} ours": f"results/models/alexnet_{l}/metrics.csv" for l in d["alexnet_layers"]}
-    runs.update({f"{l} autoencoder": f"results/models/autoencoder/alexnet_{l}/metrics.csv"
+    runs = {f"{l} ours": f"results/models/{net_rep(l)}/metrics.csv" for l in d["network_layers"]}
+    runs.update({f"{l} autoencoder": f"results/models/autoencoder/{net_rep(l)}/metrics.csv"
                  for l in d["autoencoder_layers"]})
     return runs
 
 
 def mv_runs(which):
     """Label -> per-iteration logs of the Mahendran & Vedaldi inversions: shallow
-    (mv.representations, Table 1's), alexnet (mv.alexnet_layers, Figure 7's)."""
+    (mv.representations, Table 1's), network (mv.network_layers, Figure 7's)."""
     def logs(rep):
         return expand("results/reconstructions/mv/{rep}/{shard}.csv", rep=rep, shard=eval_shard_ids())
 
     m = config["mv"]
     if which == "shallow":
         return {_named("mv", rep, MV_TABLE1_ROWS.values(), rep): logs(rep) for rep in m["representations"]}
-    return {f"AlexNet {l}": logs(f"alexnet_{l}") for l in m["alexnet_layers"] if l in config["alexnet"]["layers"]}
+    return {l: logs(net_rep(l)) for l in m["network_layers"] if l in config["network"]["layers"]}
 
 
-#: the report's labels of the grids and the AlexNet figures
+#: the report's labels of the grids and the network's figures
 GRID_FIGURES = {
     "shallow": "Figure 3: from HOG, SIFT and LBP",
-    "alexnet": "Figure 5: from AlexNet layers",
+    "network": f"Figure 5: from the layers of {network_label()}",
 }
-ALEXNET_FIGURES = {
-    "fig8": "Figure 8: fc8 with all, the top-5 only, or without the top-5 activations",
+NETWORK_FIGURES = {
+    "fig8": "Figure 8: class scores with all, the top-5 only, or without the top-5 activations",
     "fig10": "Figure 10: interpolation between two images' features",
     "fig11": "Figure 11: images from random feature vectors",
 }
 #: what each set of curves holds (report labels)
-TRAINING_SETS = {"shallow": "shallow features (Table 2)", "alexnet": "AlexNet layers (Figure 7)"}
+TRAINING_SETS = {"shallow": "shallow features (Table 2)", "network": f"layers of {network_label()} (Figure 7)"}
 ENERGY_SETS = {
     "shallow": "shallow features (Table 1)",
-    "alexnet": "AlexNet layers (Figure 7 of Dosovitskiy & Brox 2016)",
+    "network": f"layers of {network_label()} (Figure 7 of Dosovitskiy & Brox 2016)",
 }
 
 
@@ -143,8 +143,8 @@ def run_figures(which):
     if which == "mv_table1" and mv_runs("shallow"):
         figs.append("results/figures/mv_energy_shallow.png")
     if which == "figure7":
-        if training_runs("alexnet"):
-            figs.append("results/figures/training_curves_alexnet.png")
-        if mv_runs("alexnet"):
-            figs.append("results/figures/mv_energy_alexnet.png")
+        if training_runs("network"):
+            figs.append("results/figures/training_curves_network.png")
+        if mv_runs("network"):
+            figs.append("results/figures/mv_energy_network.png")
     return [ancient(f) for f in figs]

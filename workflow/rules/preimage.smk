@@ -1,21 +1,24 @@
 # Natural pre-images (Mahendran & Vedaldi 2016, IJCV): a small gallery of activation
-# maximisation, caricatures and masked inversions for a few AlexNet layers.
+# maximisation, caricatures and masked inversions for a few taps of the network.
 import shlex
 
 
 PREIMAGE_MODES = ["maximise", "caricature", "invert"]
 
 
-#: pre-ReLU taps of the configured paper layers (a ReLU unit at 0 has no gradient)
-PREIMAGE_LAYERS = [f"{l}_raw" for l in config["preimage"]["layers"] if l in config["alexnet"]["layers"]]
+#: taps of the network (preimage.layers; pre-activation ones: a ReLU unit at 0 has no gradient)
+PREIMAGE_LAYERS = config["preimage"]["layers"] if config["network"]["layers"] else []
 #: what each gallery shows (captions)
 PREIMAGE_SHOWS = {
-    "maximise": "activation maximisation of channels 0-3",
+    "maximise": "activation maximisation of channels (classes of the class scores)",
     "caricature": "caricatures of four validation images",
     "invert": "inversion from the central 3x3 neurons of four validation images",
 }
 PREIMAGE_TARGETS = {
-    "maximise": "--units 0 1 2 3 --lambda-tv 0.5",
+    "maximise": " ".join(
+        [f"--units {' '.join(map(str, config['preimage']['units']))} --lambda-tv 0.5"]
+        + [f"--units-for {tap}={','.join(map(str, u))}" for tap, u in config["preimage"]["layer_units"].items()]
+    ),
     "caricature": "--max-images 4 --lambda-tv 0.5",
     "invert": "--max-images 4 --window 3",
 }
@@ -23,7 +26,7 @@ PREIMAGE_TARGETS = {
 
 rule preimage_gallery:
     input:
-        images=lambda w: shard_paths(config["alexnet"]["image_size"], "val")[0],
+        images=lambda w: shard_paths(net_size(), "val")[0],
     output:
         store="results/preimage/{mode}.h5",
         grid=report(
@@ -36,16 +39,14 @@ rule preimage_gallery:
     wildcard_constraints:
         mode="maximise|caricature|invert",
     params:
-        fparams=as_json(
-            {"arch": config["alexnet"]["arch"], "weights": config["alexnet"]["weights"], "seed": config["seed"]}
-        ),
+        feature=shlex.quote(config["network"]["feature"]),
+        fparams=as_json(config["network"]["params"]),
         layers=" ".join(PREIMAGE_LAYERS),
         targets=lambda w: PREIMAGE_TARGETS[w.mode],
         settings=as_json(dict(pick(config["preimage"], "iterations"), seed=config["seed"])),
         caption=lambda w: shlex.quote(
             f"Natural pre-images (Mahendran & Vedaldi 2016, IJCV): {PREIMAGE_SHOWS[w.mode]}; "
-            f"AlexNet {config['alexnet']['arch']}, weights "
-            f"{config['alexnet']['weights']}{' (untrained)' if config['alexnet']['weights'] == 'random' else ''}"
+            f"network: {network_label()}"
         ),
     log:
         "logs/preimage/{mode}.log",
@@ -59,6 +60,6 @@ rule preimage_gallery:
         mem_mb=4000,
     shell:
         "OMP_NUM_THREADS={threads} python -m pipeline preimage --settings {params.settings} --mode {wildcards.mode}"
-        " --feature alexnet --params {params.fparams} --layers {params.layers} --shard {input.images}"
+        " --feature {params.feature} --params {params.fparams} --layers {params.layers} --shard {input.images}"
         " {params.targets} --threads {threads} --out {output.store} --grid {output.grid}"
         " --caption {params.caption} > {log} 2>&1"

@@ -32,18 +32,19 @@ rule train_decoder:
 
 rule train_autoencoder:
     input:
-        images=lambda w: shard_paths(config["alexnet"]["image_size"], "train"),
+        images=lambda w: shard_paths(rep_size(w.rep), "train"),
     output:
-        model="results/models/autoencoder/alexnet_{layer}/decoder.pt",
-        config="results/models/autoencoder/alexnet_{layer}/config.json",
-        metrics="results/models/autoencoder/alexnet_{layer}/metrics.csv",
+        model="results/models/autoencoder/{rep}/decoder.pt",
+        config="results/models/autoencoder/{rep}/config.json",
+        metrics="results/models/autoencoder/{rep}/metrics.csv",
     params:
-        settings=lambda w: as_json(train_settings(f"alexnet_{w.layer}")),
-        fparams=lambda w: as_json(REPS[f"alexnet_{w.layer}"]["params"]),
+        settings=lambda w: as_json(train_settings(w.rep)),
+        feature=lambda w: shlex.quote(REPS[w.rep]["feature"]),
+        fparams=lambda w: as_json(REPS[w.rep]["params"]),
     log:
-        "logs/train_autoencoder/{layer}.log",
+        "logs/train_autoencoder/{rep}.log",
     benchmark:
-        "benchmarks/train_autoencoder/{layer}.tsv"
+        "benchmarks/train_autoencoder/{rep}.tsv"
     conda:
         "../../envs/pipeline.yaml"
     threads: train_threads()
@@ -52,10 +53,10 @@ rule train_autoencoder:
         runtime=2880,
         mem_mb=32000,
     shell:
-        "python -m pipeline train --settings {params.settings} --representation alexnet_{wildcards.layer}"
-        " --images {input.images} --on-the-fly --feature alexnet --params {params.fparams} --finetune-encoder"
+        "python -m pipeline train --settings {params.settings} --representation {wildcards.rep}"
+        " --images {input.images} --on-the-fly --feature {params.feature} --params {params.fparams} --finetune-encoder"
         " --threads {threads} --restart-if-changed"
-        " --out results/models/autoencoder/alexnet_{wildcards.layer}"
+        " --out results/models/autoencoder/{wildcards.rep}"
         " > {log} 2>&1"
 
 
