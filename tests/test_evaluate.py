@@ -549,6 +549,15 @@ def test_figure7_cli_csv_png_and_untrained_caption(workspace):
     cap = (tmp / "results" / "figure7.csv.caption.txt").read_text()
     assert "untrained" in cap and "photos" in cap
     assert "untrained" in (tmp / "results" / "figure7.png.caption.txt").read_text()
+    # another network: its layers' order from --layers (not AlexNet's), its name from --network
+    rc = main(["evaluate", "figure7", "--images", *w["shards"], "--dataset", "photos",
+               "--point", f"ours:logits={stores['noisy']}", "--point", f"ours:stage4={stores['good']}",
+               "--point", f"ours:extra={stores['good']}", "--layers", "stem", "stage4", "logits",
+               "--network", "EfficientNet-Lite0, ImageNet weights", "--out", str(out)])
+    assert rc == 0
+    assert [r["layer"] for r in read_csv(out)] == ["stage4", "logits", "extra"]
+    cap = (tmp / "results" / "figure7.csv.caption.txt").read_text()
+    assert "Network: EfficientNet-Lite0, ImageNet weights." in cap and "untrained" not in cap
 
 
 def test_grid_cli_and_perturb_cli(workspace):

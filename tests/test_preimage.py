@@ -255,6 +255,30 @@ def test_grids_name_layers_and_channels_plainly(tmp_path, monkeypatch):
     assert seen["col_labels"] == ["channel 0", "channel 3"] and seen["row_labels"] == ["features.0"]
 
 
+def test_units_for_gives_one_tap_its_own_units(tmp_path, monkeypatch):
+    """--units-for TAP=U,U (e.g. ImageNet classes of the logits) replaces --units for that tap only."""
+    from pipeline.preimage import commands
+
+    seen = {}
+    monkeypatch.setattr(commands, "image_grid", lambda path, rows, **kw: seen.update(kw, rows=rows))
+    store = tmp_path / "u.h5"
+    assert main(["preimage", "--mode", "maximise", "--feature", "torch", "--params", json.dumps({"model": MODEL}),
+                 "--layers", "features.0", "features.2", "--units", "0", "1", "--units-for", "features.2=3,5",
+                 "--size", str(SIZE), "--iterations", "2", "--out", str(store),
+                 "--grid", str(tmp_path / "g.png"), "--threads", "1"]) == 0
+    with h5py.File(store) as h:
+        keys = [k.decode() if isinstance(k, bytes) else str(k) for k in h["keys"][:]]
+    assert keys == ["features.0/c0000", "features.0/c0001", "features.2/c0003", "features.2/c0005"]
+    assert seen["row_labels"] == ["features.0", "features.2: 3, 5"] and seen["col_labels"] == ["unit 1", "unit 2"]
+    base = ["preimage", "--mode", "maximise", "--feature", "torch", "--params", json.dumps({"model": MODEL}),
+            "--layers", "features.0", "features.2", "--units", "0", "1", "--size", str(SIZE), "--iterations", "1",
+            "--out", str(tmp_path / "never.h5")]
+    with pytest.raises(ValueError, match="same number of units"):
+        main(base + ["--units-for", "features.2=3"])
+    with pytest.raises(ValueError, match="features.9=3.*one of --layers"):
+        main(base + ["--units-for", "features.9=3"])
+
+
 class NaNNet(SmallNet):
     """SmallNet whose first convolution has NaN biases: every layer's code is NaN."""
 
