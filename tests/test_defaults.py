@@ -34,7 +34,7 @@ MAPPED: dict[tuple[str, ...], dict[str, str]] = {
     ("train",): {**{k: f"decoders.{k}" for k in TRAIN}, "seed": "seed"},
     ("reconstruct",): {"device": "decoders.device"},
     ("invert-mv",): {**{k: f"mv.{k}" for k in ("iterations", "max_images", "restarts", "batch_size", "optimizer",
-                                                "device")}, "seed": "seed"},
+                                                "tv_source", "device")}, "seed": "seed"},
     ("invert-hoggles", "train"): {**{k: f"hoggles.{k}" for k in ("atoms", "window", "windows", "epochs")},
                                   "lam": "hoggles.lambda", "seed": "seed"},
     ("invert-hoggles", "invert"): {"solver": "hoggles.solver", "max_images": "mv.max_images"},
