@@ -69,6 +69,8 @@ def figure7_points():
                 pts[(f"ours-{kind}", layer)] = recon(f"ours-{kind}", rep)
         if layer in d["autoencoder_layers"]:
             pts[("autoencoder", layer)] = recon("autoencoder", rep)
+            for kind in d["perturbations"]:
+                pts[(f"autoencoder-{kind}", layer)] = recon(f"autoencoder-{kind}", rep)
         if layer in config["mv"]["alexnet_layers"]:
             pts[("mv", layer)] = recon("mv", rep)
     return pts
