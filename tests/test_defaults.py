@@ -38,7 +38,7 @@ MAPPED: dict[tuple[str, ...], dict[str, str]] = {
     ("invert-hoggles", "train"): {**{k: f"hoggles.{k}" for k in ("atoms", "window", "windows", "epochs")},
                                   "lam": "hoggles.lambda", "seed": "seed"},
     ("invert-hoggles", "invert"): {"solver": "hoggles.solver", "max_images": "mv.max_images"},
-    ("preimage",): {"iterations": "preimage.iterations", "seed": "seed"},
+    ("preimage",): {**{k: f"preimage.{k}" for k in ("iterations", "preset", "objective_weight")}, "seed": "seed"},
     ("evaluate", "perturb"): {"seed": "seed"},
     ("evaluate", "table2"): STATS,
     ("evaluate", "mv-table1"): {**STATS, "max_images": "mv.max_images"},

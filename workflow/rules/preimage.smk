@@ -14,9 +14,11 @@ PREIMAGE_SHOWS = {
     "caricature": "caricatures of four validation images",
     "invert": "inversion from the central 3x3 neurons of four validation images",
 }
+#: what each gallery optimises; the energy's weights are the preset's (preimage.preset), the
+#: data term's multiplier preimage.objective_weight
 PREIMAGE_TARGETS = {
-    "maximise": "--units 0 1 2 3 --lambda-tv 0.5",
-    "caricature": "--max-images 4 --lambda-tv 0.5",
+    "maximise": "--units 0 1 2 3",
+    "caricature": "--max-images 4",
     "invert": "--max-images 4 --window 3",
 }
 
@@ -41,7 +43,9 @@ rule preimage_gallery:
         ),
         layers=" ".join(PREIMAGE_LAYERS),
         targets=lambda w: PREIMAGE_TARGETS[w.mode],
-        settings=as_json(dict(pick(config["preimage"], "iterations"), seed=config["seed"])),
+        settings=as_json(
+            dict(pick(config["preimage"], "iterations", "preset", "objective_weight"), seed=config["seed"])
+        ),
         caption=lambda w: shlex.quote(
             f"Natural pre-images (Mahendran & Vedaldi 2016, IJCV): {PREIMAGE_SHOWS[w.mode]}; "
             f"AlexNet {config['alexnet']['arch']}, weights "
