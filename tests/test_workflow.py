@@ -77,9 +77,11 @@ def test_dry_run_of_all_targets_default_config(tmp_path):
     assert counts["extract_features"] == (3 + 6) * 5
     assert counts["train_decoder"] == 3 + 6
     assert counts["train_autoencoder"] == 2  # stage4, logits
-    assert counts["invert_mv"] == 3 + 2  # hog, hogb, dsift + stage4, logits on the 1 val shard
-    assert counts["perturb_features"] == 6 * 3  # every decoded network layer x 3 perturbations
-    assert counts["reconstruct"] == 3 + 6 + 6 * 3 + 2  # ours, ours network, perturbed, autoencoder
+    # hog, cnn_hog, cnn_hogb, cnn_dsift + stage4, logits on the 1 val shard
+    assert counts["invert_mv"] == 4 + 2
+    assert counts["perturb_features"] == 6 * 4  # every decoded network layer x 4 perturbations (Figure 7's)
+    # ours (hog, sift, lbp), ours network, ours perturbed; autoencoders, autoencoders perturbed
+    assert counts["reconstruct"] == 3 + 6 + 6 * 4 + 2 + 2 * 4
     for rule in ("table2", "mv_table1", "figure7", "train_hoggles", "invert_hoggles", "mean_image"):
         assert counts[rule] == 1, rule
 
@@ -214,8 +216,9 @@ def test_imagenet_config_plans_the_papers_protocols(tmp_path):
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", str(path))
     counts = job_counts(proc.stdout)
     assert cfg["dataset"]["shards"]["val"] == 50 and cfg["evaluation"]["val_shards"] == 5
-    assert counts["invert_mv"] == (3 + 8) * 5 and counts["invert_hoggles"] == 5
-    assert counts["reconstruct"] == (3 + 8 + 8 + 8 * 3) * 5 and counts["make_shard"] == 2 * (2 + 5)
+    assert counts["invert_mv"] == (4 + 8) * 5 and counts["invert_hoggles"] == 5
+    # ours (hog, sift, lbp), ours AlexNet and perturbed (4 kinds), autoencoders and perturbed
+    assert counts["reconstruct"] == (3 + 8 + 8 * 4 + 8 + 8 * 4) * 5 and counts["make_shard"] == 2 * (2 + 5)
     lines = [li for li in proc.stdout.splitlines() if li.startswith("Shell command: ")]
     for line in (li for li in lines if "invert-mv" in li or "invert-hoggles invert" in li):
         shard = int(option(line, "--shard").rsplit("/", 1)[1][:5])

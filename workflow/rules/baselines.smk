@@ -16,7 +16,10 @@ rule invert_mv:
         # null iterations: the paper's schedule
         settings=as_json(
             dict(
-                pick(config["mv"], "iterations", "max_images", "restarts", "batch_size", "optimizer", "device"),
+                pick(
+                    config["mv"], "iterations", "max_images", "restarts", "batch_size", "optimizer", "tv_source",
+                    "device",
+                ),
                 seed=config["seed"],
             )
         ),

@@ -68,6 +68,8 @@ def figure7_points():
                 pts[(f"ours-{kind}", layer)] = recon(f"ours-{kind}", rep)
         if layer in d["autoencoder_layers"]:
             pts[("autoencoder", layer)] = recon("autoencoder", rep)
+            for kind in d["perturbations"]:
+                pts[(f"autoencoder-{kind}", layer)] = recon(f"autoencoder-{kind}", rep)
         if layer in config["mv"]["network_layers"]:
             pts[("mv", layer)] = recon("mv", rep)
     return pts

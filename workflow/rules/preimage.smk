@@ -14,12 +14,14 @@ PREIMAGE_SHOWS = {
     "caricature": "caricatures of four validation images",
     "invert": "inversion from the central 3x3 neurons of four validation images",
 }
+#: what each gallery optimises; the energy's weights are the preset's (preimage.preset), the
+#: data term's multiplier preimage.objective_weight
 PREIMAGE_TARGETS = {
     "maximise": " ".join(
-        [f"--units {' '.join(map(str, config['preimage']['units']))} --lambda-tv 0.5"]
+        [f"--units {' '.join(map(str, config['preimage']['units']))}"]
         + [f"--units-for {tap}={','.join(map(str, u))}" for tap, u in config["preimage"]["layer_units"].items()]
     ),
-    "caricature": "--max-images 4 --lambda-tv 0.5",
+    "caricature": "--max-images 4",
     "invert": "--max-images 4 --window 3",
 }
 
@@ -43,7 +45,9 @@ rule preimage_gallery:
         fparams=as_json(config["network"]["params"]),
         layers=" ".join(PREIMAGE_LAYERS),
         targets=lambda w: PREIMAGE_TARGETS[w.mode],
-        settings=as_json(dict(pick(config["preimage"], "iterations"), seed=config["seed"])),
+        settings=as_json(
+            dict(pick(config["preimage"], "iterations", "preset", "objective_weight"), seed=config["seed"])
+        ),
         caption=lambda w: shlex.quote(
             f"Natural pre-images (Mahendran & Vedaldi 2016, IJCV): {PREIMAGE_SHOWS[w.mode]}; "
             f"network: {network_label()}"

@@ -71,6 +71,7 @@ rule reconstruct:
         method=RECONSTRUCT_METHODS,
     params:
         features=lambda w, input: f"--features {input.features}" if input.features else "--on-the-fly",
+        perturb=lambda w: perturb_arg(w.method),
         settings=as_json(pick(config["decoders"], "device")),
     log:
         "logs/reconstruct/{method}/{rep}/{shard}.log",
@@ -85,7 +86,7 @@ rule reconstruct:
         mem_mb=8000,
     shell:
         "python -m pipeline reconstruct --settings {params.settings} --model {input.model} --images {input.images}"
-        " {params.features} --out {output} --threads {threads} > {log} 2>&1"
+        " {params.features} {params.perturb} --out {output} --threads {threads} > {log} 2>&1"
 
 
 rule perturb_features:

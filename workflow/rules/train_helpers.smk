@@ -4,9 +4,10 @@ import shlex
 
 from pipeline.vocabulary import DECODER_METHODS, PERTURBATIONS
 
-#: {method} wildcard of the reconstruct rule: the decoders, and a decoder on perturbed features
+#: {method} wildcard of the reconstruct rule: the decoders, and each decoder on perturbed
+#: features (ours-KIND, autoencoder-KIND)
 RECONSTRUCT_METHODS = "|".join(
-    re.escape(m) for m in DECODER_METHODS + tuple(f"ours-{k}" for k in PERTURBATIONS)
+    re.escape(m) for m in DECODER_METHODS + tuple(f"{m}-{k}" for m in DECODER_METHODS for k in PERTURBATIONS)
 )
 
 #: decoders.* keys that are options of `python -m pipeline train`
@@ -60,10 +61,24 @@ def reconstruct_features(w):
         return [f"data/features_perturbed/{w.method[5:]}/{w.rep}/val/{w.shard}.h5"]
     if w.method == "ours" and config["features"]["store"] == "precomputed":
         return [f"data/features/{w.rep}/val/{w.shard}.h5"]
-    return []  # on the fly (the autoencoder always: its encoder was fine-tuned)
+    # on the fly; the autoencoder (autoencoder-KIND too) always: its encoder was fine-tuned
+    return []
+
+
+def is_autoencoder(method):
+    return method == "autoencoder" or method.startswith("autoencoder-")
 
 
 def model_dir(w):
-    if w.method == "autoencoder":
+    if is_autoencoder(w.method):
         return f"results/models/autoencoder/{w.rep}"
     return f"results/models/{w.rep}"
+
+
+def perturb_arg(method):
+    """``--perturb KIND --perturb-seed SEED`` for autoencoder-KIND: the fine-tuned encoder's features
+    exist only inside the job, so they are perturbed there (ours-KIND reads the perturbed stores of
+    rule perturb_features instead)."""
+    if method.startswith("autoencoder-"):
+        return f"--perturb {shlex.quote(method[len('autoencoder-'):])} --perturb-seed {int(config['seed'])}"
+    return ""
