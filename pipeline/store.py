@@ -333,15 +333,16 @@ class ReconstructionStore(FeatureStore):
 # --------------------------------------------------------------------------- derived stores
 
 
-def derive_store(src, dst, transform: Callable[[np.ndarray], np.ndarray], *, params: dict | None = None,
-                 attrs: dict | None = None, dtype: str | None = None) -> None:
+def derive_store(src, dst, transform: Callable[..., np.ndarray], *, params: dict | None = None,
+                 attrs: dict | None = None, dtype: str | None = None, with_keys: bool = False) -> None:
     """Write ``dst``: the store ``src`` with ``transform`` applied to all its features.
 
     ``transform`` maps the float32 array ``(N, ...)`` to an array of the same
     length.  Keys, the feature name, its parameters, the image shard and its
     SHA-256 and the other attributes are kept; ``params`` are added to the
     parameters and ``attrs`` to the attributes (recording the derivation).
-    ``dtype``: of the new store (default: the source's).
+    ``dtype``: of the new store (default: the source's).  ``with_keys``: ``transform``
+    also gets the keys (``transform(features, keys)``).
     """
     with FeatureStore(src) as s:
         features = s.all()
@@ -349,7 +350,7 @@ def derive_store(src, dst, transform: Callable[[np.ndarray], np.ndarray], *, par
         src_attrs = dict(s.attrs)
         src_params = dict(s.params)
         dtype = dtype or ("float16" if s.dtype == np.float16 else "float32")
-    out = np.asarray(transform(features))
+    out = np.asarray(transform(features, keys) if with_keys else transform(features))
     extra = {k: v for k, v in src_attrs.items() if k not in _PROVENANCE}
     extra.update(attrs or {})
     write_store(dst, keys, out, feature=str(src_attrs.get("feature", "")), params={**src_params, **(params or {})},

@@ -582,6 +582,18 @@ def test_grid_cli_and_perturb_cli(workspace):
         assert json.loads(st.attrs["perturbation"])["kind"] == "binarize"
     np.testing.assert_allclose(np.linalg.norm(g.reshape(8, -1), axis=1), np.linalg.norm(f.reshape(8, -1), axis=1),
                                rtol=1e-5)
+    # random dropout: each image's draw is seeded by (seed, key), so a perturbed store holds exactly
+    # what an autoencoder's on-the-fly features get (reconstruct --perturb), whatever the store order
+    from pipeline.evaluation.perturbations import perturb_features
+
+    drop = tmp / "feat-drop.h5"
+    assert main(["evaluate", "perturb", "--features", str(src), "--kind", "drop50", "--seed", "3",
+                 "--out", str(drop)]) == 0
+    with FeatureStore(drop) as st:
+        d = st.all()
+    want = perturb_features(torch.from_numpy(f[::-1].copy()), w["keys"][::-1], "drop50", 3).numpy()[::-1]
+    np.testing.assert_array_equal(d, want)
+    assert 0.3 < (d == 0).mean() < 0.7 and (d[f != 0] == 0).any()
 
 
 def _fake_decoder(in_shape, size=SIZE):

@@ -24,7 +24,8 @@ from pipeline.store import FeatureStore, write_store
 from pipeline.decoders.architectures import build_decoder
 from pipeline.decoders.data import PairedData, epoch_batches, epoch_order, iter_batches
 from pipeline.decoders.modelfile import load_decoder, load_model
-from pipeline.decoders.reconstruct import perturb_features, reconstruct_batch
+from pipeline.decoders.reconstruct import reconstruct_batch
+from pipeline.evaluation.perturbations import perturb_features
 from pipeline.decoders.step import InversionModel, lr_at, train_step
 
 SIZE = 32

@@ -21,7 +21,6 @@ so they do not depend on the batch.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 from pipeline.decoders.architectures import Decoder, resize_images
 from pipeline.decoders.data import PairedData, _collate
 from pipeline.decoders.modelfile import _decoder_file, load_model
-from pipeline.evaluation.perturbations import perturb
+from pipeline.evaluation.perturbations import perturb_features
 from pipeline.features import get_feature
 from pipeline.images import image_grid, side_by_side
 from pipeline.io import sha256_file
@@ -56,15 +55,6 @@ def reconstruct_batch(decoder: Decoder, features: torch.Tensor, size=None) -> to
             return Decoder.to_image(resize_images(y.float(), size or decoder.out_size, antialias=True))
     finally:
         decoder.train(was_training)
-
-
-def perturb_features(feats: torch.Tensor, keys, kind: str, seed: int = 0) -> torch.Tensor:
-    """``feats`` (B, ...) perturbed by ``kind``, image by image, each seeded by ``(seed, key)``."""
-    out = []
-    for f, k in zip(feats, keys):
-        h = hashlib.sha256(f"{int(seed)}/{k}".encode()).digest()
-        out.append(perturb(f[None].float(), kind, seed=int.from_bytes(h[:8], "little") & ((1 << 63) - 1)))
-    return torch.cat(out).to(feats.dtype)
 
 
 def configure_reconstruct_parser(p: argparse.ArgumentParser) -> None:

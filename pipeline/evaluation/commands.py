@@ -19,7 +19,7 @@ from pipeline.evaluation import curves, figures
 from pipeline.evaluation.figures import FIGURE7_COLUMNS, figure7
 from pipeline.evaluation.metrics import compute_mean_image, images_nchw
 from pipeline.evaluation.perturbations import (
-    HistogramSampler, TruncatedGaussianSampler, perturb,
+    HistogramSampler, TruncatedGaussianSampler, perturb, perturb_features,
 )
 from pipeline.evaluation.report import caption_text, markdown_page, weights_in, write_csv
 from pipeline.evaluation.tables import (
@@ -378,10 +378,10 @@ def run_mean_image(args) -> int:
 def run_perturb(args) -> int:
     if len(args.out) != len(args.features):
         raise ValueError(f"--out: {len(args.out)} paths for {len(args.features)} --features stores")
-    for i, (src, dst) in enumerate(zip(args.features, args.out)):
-        seed = args.seed + i
-        derive_store(src, dst, lambda f: perturb(torch.from_numpy(f), args.kind, seed=seed).numpy(),
-                     attrs={"perturbation": json.dumps({"kind": args.kind, "seed": seed})}, dtype="float32")
+    for src, dst in zip(args.features, args.out):  # each image's draw seeded by (seed, key)
+        derive_store(src, dst, lambda f, keys: perturb_features(torch.from_numpy(f), keys, args.kind, args.seed).numpy(),
+                     attrs={"perturbation": json.dumps({"kind": args.kind, "seed": args.seed, "per_image": "sha256(seed/key)"})},
+                     dtype="float32", with_keys=True)
         print(f"wrote {dst}: {args.kind} of {src}")
     return 0
 

@@ -16,6 +16,8 @@ sparsity, contrast alpha = 2) and :class:`TruncatedGaussianSampler`.
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
@@ -240,3 +242,13 @@ class TruncatedGaussianSampler:
         if self.rectified:
             z = np.maximum(z, 0.0)
         return torch.from_numpy((z * self.contrast).astype(np.float32))
+
+
+def perturb_features(feats: torch.Tensor, keys, kind: str, seed: int = 0) -> torch.Tensor:
+    """``feats`` (B, ...) perturbed by ``kind``, image by image, each seeded by ``(seed, key)``: the
+    same draw for an image wherever it is perturbed (a feature store, an autoencoder's features)."""
+    out = []
+    for f, k in zip(feats, keys):
+        h = hashlib.sha256(f"{int(seed)}/{k}".encode()).digest()
+        out.append(perturb(f[None].float(), kind, seed=int.from_bytes(h[:8], "little") & ((1 << 63) - 1)))
+    return torch.cat(out).to(feats.dtype)
