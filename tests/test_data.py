@@ -217,6 +217,16 @@ def test_legacy_defaults_are_the_schema_defaults():
     assert sample_index("val", dict(SAMPLE_CFG), 0) == sample_index("val", dict(SAMPLE_CFG, **LEGACY_DEFAULTS), 0)
 
 
+def test_default_config_trains_and_validates_on_the_shipped_split():
+    import yaml
+
+    ds = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["dataset"]
+    assert ds["source"] == "sample" and ds["sample"]["photos"] == "shipped"
+    assert ds["sample"].get("train_split", "train") == "train" and ds["sample"].get("val_split", "val") == "val"
+    assert "800" in ds["name"] and "200" in ds["name"]
+    sample_settings(ds["sample"])
+
+
 # ------------------------------------------------------- image folders, bad files
 
 
