@@ -13,8 +13,11 @@ from PIL import Image
 
 from pipeline.data.commands import build_index, build_listing, make_shard, merge_manifests
 from pipeline.data.imagefolder import load_image_file
-from pipeline.data.sample import load_sample_photo
+from pipeline.data.photoset import load_photo, photo_split, photo_table
+from pipeline.data.sample import LEGACY_DEFAULTS, SAMPLE_PHOTOS, load_sample_photo, sample_index, sample_settings
 from pipeline.data.shards import read_shard
+
+REPO = Path(__file__).resolve().parents[1]
 
 SAMPLE_CFG = {
     "val_photos": ["astronaut", "chelsea", "coffee"],
@@ -98,6 +101,130 @@ def test_unknown_val_photo_names_the_key():
     cfg = dataset_cfg(sample=dict(SAMPLE_CFG, val_photos=["astronaut", "nosuchphoto"]))
     with pytest.raises(ValueError, match=r"dataset\.sample\.val_photos.*nosuchphoto"):
         build_index(cfg, "val", 0)
+
+
+# ------------------------------------------- sample source, shipped photographs
+
+SHIPPED_CFG = dict(SAMPLE_CFG, photos="shipped", train_split="train", val_split="val", skimage_crops=3)
+
+
+def shipped(**over):
+    return dataset_cfg(sample=dict(SHIPPED_CFG, **over))
+
+
+def _ids(split):
+    return {pid for pid, _ in photo_split(split)}
+
+
+def test_shipped_split_by_photograph_with_labels():
+    labels = {r["ImageId"]: r["label"] for r in photo_table()}
+    for train_split, val_split in (("train", "val"), ("fit", "dev"), ("fit", "val")):
+        cfg = shipped(train_split=train_split, val_split=val_split, train_photo_crops=len(_ids(train_split)))
+        train = build_index(cfg, "train", 0)
+        val = build_index(cfg, "val", 0)
+        crops = [e for e in train if e["kind"] == "shipped"]
+        # crop i of photograph i mod P: as many crops as photographs covers each once
+        assert sorted(e["photo"] for e in crops) == sorted(_ids(train_split))
+        # validation: each photograph of the split once, in ImageId order, whole, unflipped
+        assert [e["photo"] for e in val] == sorted(_ids(val_split))
+        assert all(e["box"] == [0, 0, 160] and not e["flip"] and e["kind"] == "shipped" for e in val)
+        assert not {e["photo"] for e in crops} & {e["photo"] for e in val}
+        for e in crops + val:
+            assert e["label"] == labels[e["photo"]] and isinstance(e["label"], int)
+        assert all(e["label"] is None for e in train if e["kind"] != "shipped")
+        assert len({e["key"] for e in train + val}) == len(train) + len(val)
+    assert len(build_index(shipped(), "val", 0)) == 200
+    assert len(build_index(shipped(val_split="dev"), "val", 0)) == 100
+    # the default split's validation photographs are the 200 held out; dev is inside train, fit outside dev
+    assert _ids("dev") <= _ids("train") and not _ids("fit") & _ids("dev") and not _ids("train") & _ids("val")
+
+
+def test_shipped_counts_shards_labels_and_determinism(tmp_path):
+    cfg = shipped(train_split="fit", val_split="dev", crop_scales=[1.0, 0.8])
+    for d in "abc":
+        (tmp_path / d).mkdir()
+    index, a = build(tmp_path / "a", cfg, "train", size=24)
+    _, b = build(tmp_path / "b", cfg, "train", size=24)
+    for (ta, _), (tb, _) in zip(a, b):
+        assert ta.read_bytes() == tb.read_bytes()
+    _, c = build(tmp_path / "c", cfg, "train", size=24, seed=1)
+    assert c[0][0].read_bytes() != a[0][0].read_bytes()
+    samples = [s for tar, _ in a for s in read_shard(tar)]
+    kinds = {"shipped": 0, "photo": 0, "deadleaves": 0}
+    for e in index["entries"]:
+        kinds[e["kind"]] += 1
+    assert kinds == {"shipped": SAMPLE_CFG["train_photo_crops"], "photo": 3, "deadleaves": SAMPLE_CFG["procedural"]}
+    assert len(samples) == len(index["entries"])
+    labels = {r["ImageId"]: r["label"] for r in photo_table()}
+    fit = _ids("fit")
+    for s in samples:
+        assert s.image.shape == (24, 24, 3) and s.image.std() > 0
+        src = s.meta["source"]
+        if src in labels:  # a shipped photograph: its label in the shard (.cls)
+            assert src in fit and s.label == labels[src]
+        else:
+            assert s.label is None and (src in SAMPLE_PHOTOS or src.startswith("deadleaves:"))
+    assert {s.meta["source"] for s in samples} & set(SAMPLE_PHOTOS)
+    # validation: the whole photograph resized, labelled; the same whatever the seed
+    va_index, va = build(tmp_path / "a", cfg, "val", size=24, n_shards=1)
+    vb_index, _ = build(tmp_path / "b", cfg, "val", size=24, n_shards=1, seed=5)
+    assert va_index["entries"] == vb_index["entries"]
+    val = list(read_shard(va[0][0]))
+    assert [s.meta["source"] for s in val] == sorted(_ids("dev"))
+    assert [s.label for s in val] == [labels[s.meta["source"]] for s in val]
+    want = np.asarray(Image.fromarray(load_photo(val[0].meta["source"])).resize((24, 24), Image.BICUBIC,
+                                                                               reducing_gap=None))
+    np.testing.assert_array_equal(val[0].image, want)
+
+
+def test_shipped_dead_leaves_draw_on_the_training_split_only():
+    from pipeline.data.sample import _shipped_palette
+
+    assert len(_shipped_palette("fit")) == len(_ids("fit")) == 700
+    # the dead leaves of train_split fit and train differ (their palettes do), and none reads val
+    from pipeline.data.sample import render_sample_entry
+
+    e = {"key": "train_deadleaves_0000000", "kind": "deadleaves", "index": 0, "label": None}
+    fit = render_sample_entry(e, 24, dict(SHIPPED_CFG, train_split="fit"), 0)
+    np.testing.assert_array_equal(fit, render_sample_entry(e, 24, dict(SHIPPED_CFG, train_split="fit"), 0))
+    skimage = render_sample_entry(e, 24, dict(SAMPLE_CFG), 0)
+    assert not np.array_equal(fit, skimage)
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"photos": "shiped"}, r"dataset\.sample\.photos.*shiped.*shipped, skimage"),
+    ({"train_split": "val"}, r"dataset\.sample\.train_split.*'val'.*train, fit"),
+    ({"val_split": "train"}, r"dataset\.sample\.val_split.*'train'.*val, dev"),
+])
+def test_bad_shipped_keys_name_the_key(over, match):
+    with pytest.raises(ValueError, match=match):
+        build_index(shipped(**over), "train", 0)
+
+
+@pytest.mark.parametrize("key,value", [("train_split", "fit"), ("val_split", "dev"), ("skimage_crops", 5)])
+def test_shipped_keys_are_refused_with_the_skimage_photos(key, value):
+    with pytest.raises(ValueError, match=rf"dataset\.sample\.{key}.*'shipped' only"):
+        sample_settings(dict(SAMPLE_CFG, **{key: value}))
+
+
+def test_legacy_defaults_are_the_schema_defaults():
+    """A dataset config (or an index) without the keys of the shipped photographs means the skimage sample."""
+    import yaml
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    props = schema["properties"]["dataset"]["properties"]["sample"]["properties"]
+    assert LEGACY_DEFAULTS == {k: props[k]["default"] for k in LEGACY_DEFAULTS}
+    assert sample_index("val", dict(SAMPLE_CFG), 0) == sample_index("val", dict(SAMPLE_CFG, **LEGACY_DEFAULTS), 0)
+
+
+def test_default_config_trains_and_validates_on_the_shipped_split():
+    import yaml
+
+    ds = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["dataset"]
+    assert ds["source"] == "sample" and ds["sample"]["photos"] == "shipped"
+    assert ds["sample"].get("train_split", "train") == "train" and ds["sample"].get("val_split", "val") == "val"
+    assert "800" in ds["name"] and "200" in ds["name"]
+    sample_settings(ds["sample"])
 
 
 # ------------------------------------------------------- image folders, bad files

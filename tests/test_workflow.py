@@ -103,6 +103,21 @@ def test_bad_enum_value_names_allowed_values(tmp_path):
     assert "imagenett" in out and "imagefolder" in out
 
 
+@pytest.mark.parametrize("sample,names", [
+    ("photos: shiped", ["shiped", "shipped", "skimage", "'sample']['properties']['photos']"]),
+    ("photos: shipped\n    val_split: train", ["'train'", "'val', 'dev'", "['val_split']"]),
+    ("skimage_crops: 5", ["dataset.sample.skimage_crops", "'shipped' only"]),
+])
+def test_bad_sample_keys_fail_at_once_naming_the_key(tmp_path, sample, names):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"dataset:\n  sample:\n    {sample}\n")
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(bad), check=False)
+    out = proc.stderr + proc.stdout
+    assert proc.returncode != 0
+    for name in names:
+        assert name in out, (name, out)
+
+
 def test_missing_imagefolder_root_fails_at_once_naming_the_path(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"dataset:\n  source: imagefolder\n  imagefolder:\n    root: {tmp_path}/no_imagenet_here\n")

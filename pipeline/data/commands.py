@@ -3,7 +3,8 @@
 
 ``list-images`` writes a split's index (JSON: one entry per image, in shard
 order) from the source named by ``dataset.source`` in the config
-(``sample``: :mod:`pipeline.data.sample`; ``imagefolder``:
+(``sample``: :mod:`pipeline.data.sample`, the shipped or the scikit-image
+photographs and dead leaves; ``imagefolder``:
 :mod:`pipeline.data.imagefolder`), ``make-shard`` turns one slice of the
 index into one WebDataset tar (:mod:`pipeline.data.shards`) plus a per-shard
 manifest, and ``manifest`` merges the per-shard manifests.  What the listing
@@ -86,7 +87,8 @@ def make_shard(index: dict, shard: int, n_shards: int, size: int, out_tar, out_m
                 source = e["path"]
             else:
                 img = render_sample_entry(e, size, dataset_cfg["sample"], seed)
-                source = e.get("photo", "deadleaves") if e["kind"] == "photo" else f"deadleaves:{e['index']}"
+                # a scikit-image photograph's name, a shipped photograph's ImageId, or the dead leaves' index
+                source = e["photo"] if e["kind"] in ("photo", "shipped") else f"deadleaves:{e['index']}"
             sources[e["key"]] = source
             yield Sample(e["key"], img, e.get("label"), {"source": source})
 

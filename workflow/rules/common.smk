@@ -27,13 +27,9 @@ def _check_config():
         if not Path(root).expanduser().is_dir():
             raise ValueError(f"dataset.imagefolder.root: no such directory: {root}")
     if ds["source"] == "sample":
-        from pipeline.data.sample import SAMPLE_PHOTOS
+        from pipeline.data.sample import sample_settings
 
-        bad = sorted(set(ds["sample"]["val_photos"]) - set(SAMPLE_PHOTOS))
-        if bad:
-            raise ValueError(
-                f"dataset.sample.val_photos: unknown photograph(s) {bad}; allowed: {sorted(SAMPLE_PHOTOS)}"
-            )
+        sample_settings(ds["sample"])  # photograph names; keys of the shipped photographs with photos: skimage
     for name, r in config["representations"].items():
         try:
             check_params(r["feature"], r["params"])
