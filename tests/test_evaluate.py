@@ -422,6 +422,8 @@ def test_table2_cli_rows_columns_values_and_captions(workspace, photos):
     assert [r["row"] for r in rows] == ["mv-hog", "ours-hog", "mean-image"]
     assert [r["paper_error"] for r in rows] == ["0.63", "0.24", ""]
     assert all(r["dataset"] == "skimage photos" and r["n_images"] == "8" for r in rows)
+    per_image = read_csv(w["tmp"] / "per_image.csv")
+    assert len(per_image) == 3 * 8 and all(float(r["error"]) > 0 for r in per_image)  # plain numbers
     norm = brute_norm(photos)
     up = F.interpolate(torch.from_numpy(w["good"]), size=(SIZE, SIZE), mode="bilinear", align_corners=False).numpy()
     ours = np.mean([np.linalg.norm(photos[i].transpose(2, 0, 1) - up[i]) for i in range(8)]) / norm

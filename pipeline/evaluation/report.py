@@ -13,6 +13,8 @@ import math
 import re
 from typing import Sequence
 
+import numpy as np
+
 from pipeline.io import write_text
 
 # --------------------------------------------------------------------------- captions
@@ -71,8 +73,10 @@ def write_csv(path, rows: list[dict], columns: Sequence[str]) -> None:
 def _csv_value(v):
     if v is None:
         return ""
-    if isinstance(v, float):
-        return "" if math.isnan(v) else repr(v)
+    if isinstance(v, (float, np.floating)):  # numpy scalars as plain numbers ("0.48", not "np.float64(0.48)")
+        return "" if math.isnan(v) else repr(float(v))
+    if isinstance(v, np.integer):
+        return int(v)
     return v
 
 
