@@ -76,12 +76,12 @@ def test_dry_run_of_all_targets_default_config(tmp_path):
     # stores for the decoders' representations: hog, sift, lbp + 6 network layers, every shard
     assert counts["extract_features"] == (3 + 6) * 5
     assert counts["train_decoder"] == 3 + 6
-    assert counts["train_autoencoder"] == 2  # stage4, logits
+    assert counts["train_autoencoder"] == 1  # stage4
     # hog, cnn_hog, cnn_hogb, cnn_dsift + stage4, logits on the 1 val shard
     assert counts["invert_mv"] == 4 + 2
     assert counts["perturb_features"] == 6 * 4  # every decoded network layer x 4 perturbations (Figure 7's)
     # ours (hog, sift, lbp), ours network, ours perturbed; autoencoders, autoencoders perturbed
-    assert counts["reconstruct"] == 3 + 6 + 6 * 4 + 2 + 2 * 4
+    assert counts["reconstruct"] == 3 + 6 + 6 * 4 + 1 + 1 * 4
     for rule in ("table2", "mv_table1", "figure7", "train_hoggles", "invert_hoggles", "mean_image"):
         assert counts[rule] == 1, rule
 
