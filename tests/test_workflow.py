@@ -67,6 +67,24 @@ def job_counts(stdout: str) -> dict[str, int]:
     return counts
 
 
+def dry_run_jobs(stdout: str) -> list[dict]:
+    """The jobs a dry run lists: for each ``rule NAME:`` block, ``rule``, ``wildcards``
+    and ``resources`` (dicts of the ``k=v, ...`` lines, values as printed)."""
+    jobs, job = [], None
+    for line in stdout.splitlines():
+        m = re.fullmatch(r"(?:local)?rule (\w+):", line.strip())
+        if m and not line.startswith(" "):
+            job = {"rule": m.group(1), "wildcards": {}, "resources": {}}
+            jobs.append(job)
+        elif job is not None and line.startswith("    "):
+            key, _, value = line.strip().partition(": ")
+            if key in ("wildcards", "resources"):
+                job[key] = dict(kv.split("=", 1) for kv in value.split(", ") if "=" in kv)
+        elif line.strip():
+            job = None
+    return jobs
+
+
 def test_dry_run_of_all_targets_default_config(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "1")
     counts = job_counts(proc.stdout)
@@ -124,6 +142,25 @@ def test_decoder_overrides_reach_only_their_representation(tmp_path):
     assert cmds["sift"]["steps"] == 7 and cmds["sift"]["width"] == 0.5 and cmds["sift"]["epochs"] is None
     assert cmds["hog"]["epochs"] == 2 and cmds["hog"]["width"] == 0.25 and cmds["hog"]["steps"] is None
     assert all(c["image_size"] == 32 for c in cmds.values())
+
+
+def test_cpu_only_feature_extraction_holds_no_gpu(tmp_path):
+    """With features.device cuda, the extraction jobs of sparse SIFT (registry trait
+    cpu_only: VLFeat on the CPU) ask for gpu=0, so they never hold the one GPU the
+    torch representations' jobs wait for; those ask for gpu=1."""
+    import yaml
+
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["features"]["device"] = "cuda"
+    path = tmp_path / "cuda.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    reps = [*cfg["representations"], *(f"alexnet_{layer}" for layer in cfg["alexnet"]["layers"])]
+    targets = [f"data/features/{rep}/val/00000.h5" for rep in reps]
+    proc = snakemake(tmp_path, *targets, "-n", "--cores", "1", "--configfile", str(path))
+    gpu = {j["wildcards"]["rep"]: j["resources"].get("gpu")
+           for j in dry_run_jobs(proc.stdout) if j["rule"] == "extract_features"}
+    assert set(gpu) == set(reps)
+    assert gpu == {rep: "0" if rep == "sift" else "1" for rep in reps}
 
 
 def test_decoder_override_of_unknown_representation_is_named(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from pipeline.features import check_params, verify_weights
+from pipeline.features import check_params, traits, verify_weights
 from pipeline.vocabulary import FIGURE_LAYERS
 
 
@@ -133,6 +133,15 @@ def feature_paths(rep, split):
 def uses_gpu(device):
     """1 when a job's device setting may use a GPU (for the `gpu` resource), else 0."""
     return int(str(device).startswith("cuda") or device == "auto")
+
+
+def extraction_gpu(wildcards):
+    """The `gpu` resource of a feature extraction job: 0 for a representation that
+    runs on the CPU whatever the device (registry trait cpu_only: sparse SIFT), so
+    that its jobs never hold the GPU the others wait for; else as features.device says."""
+    if traits(REPS[wildcards.rep]["feature"]).cpu_only:
+        return 0
+    return uses_gpu(config["features"]["device"])
 
 
 def as_json(obj):
