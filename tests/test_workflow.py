@@ -269,23 +269,26 @@ def test_imagenet_config_plans_the_papers_protocols(tmp_path):
 
 
 @pytest.mark.slow
-def test_data_stage_runs_on_the_test_config(tmp_path):
+def test_data_stage_runs_on_the_test_config(test_config_run):
+    """The data stage of the shared run of config/test.yaml (conftest.test_config_run)."""
+    work = test_config_run
     targets = ["data/shards/32px/train/manifest.json", "data/shards/32px/val/manifest.json"]
-    snakemake(tmp_path, *targets, "--cores", "2", "--configfile", str(TEST_CONFIG))
-    train = json.loads((tmp_path / targets[0]).read_text())
-    val = json.loads((tmp_path / targets[1]).read_text())
+    train = json.loads((work / targets[0]).read_text())
+    val = json.loads((work / targets[1]).read_text())
     assert train["images"] == 40 + 60 and val["images"] == 6
     assert train["skipped_count"] == 0
-    assert (tmp_path / "logs/make_shard/32px/train/00000.log").read_text().startswith("shard 0/2: wrote")
-    assert list((tmp_path / "benchmarks/make_shard/32px/train").glob("*.tsv"))
+    assert (work / "logs/make_shard/32px/train/00000.log").read_text().startswith("shard 0/2: wrote")
+    assert list((work / "benchmarks/make_shard/32px/train").glob("*.tsv"))
     # nothing left to do afterwards
-    proc = snakemake(tmp_path, *targets, "-n", "--cores", "1", "--configfile", str(TEST_CONFIG))
+    proc = snakemake(work, *targets, "-n", "--cores", "1", "--configfile", str(TEST_CONFIG))
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
-def test_end_to_end_table2_and_report_on_the_test_config(tmp_path):
-    snakemake(tmp_path, "results/table2.csv", "--cores", "2", "--configfile", str(TEST_CONFIG))
+def test_end_to_end_table2_and_report_on_the_test_config(test_config_run):
+    """Table 2 of the shared run of config/test.yaml (conftest.test_config_run), what a
+    changed setting reruns, and the report."""
+    tmp_path = test_config_run  # the run's working directory
     table = (tmp_path / "results/table2.csv").read_text()
     for row in ("HOGgles", "HOG", "SIFT", "LBP"):
         assert row in table
