@@ -6,7 +6,6 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from pipeline.features import check_params, traits, verify_weights
 from pipeline.vocabulary import FIGURE_LAYERS
 
 
@@ -34,15 +33,22 @@ def _check_config():
             raise ValueError(
                 f"dataset.sample.val_photos: unknown photograph(s) {bad}; allowed: {sorted(SAMPLE_PHOTOS)}"
             )
-    for name, r in config["representations"].items():
-        try:
-            check_params(r["feature"], r["params"])
-            if workflow.is_main_process:  # loads weights files: not again in every cluster job
+    # The representations and their weights files: checked by the main process only.
+    # The registry imports torch and every feature module (seconds), which each
+    # cluster job's own Snakemake would otherwise repeat for a config already checked.
+    if workflow.is_main_process:
+        from pipeline.features import check_params, verify_weights
+
+        for name, r in config["representations"].items():
+            try:
+                check_params(r["feature"], r["params"])
                 verify_weights(r["feature"], r["params"])
-        except (KeyError, ValueError, FileNotFoundError) as e:
-            raise ValueError(f"representations.{name}: {e.args[0] if isinstance(e, KeyError) else e}") from None
+            except (KeyError, ValueError, FileNotFoundError) as e:
+                raise ValueError(f"representations.{name}: {e.args[0] if isinstance(e, KeyError) else e}") from None
     a = config["alexnet"]
     if a["layers"] and a["weights"] not in ("random", "torchvision") and workflow.is_main_process:
+        from pipeline.features import verify_weights
+
         try:
             verify_weights("alexnet", {"arch": a["arch"], "weights": a["weights"], "seed": config["seed"]})
         except (FileNotFoundError, ValueError) as e:
@@ -139,6 +145,8 @@ def extraction_gpu(wildcards):
     """The `gpu` resource of a feature extraction job: 0 for a representation that
     runs on the CPU whatever the device (registry trait cpu_only: sparse SIFT), so
     that its jobs never hold the GPU the others wait for; else as features.device says."""
+    from pipeline.features import traits  # imports torch: only where this is asked
+
     if traits(REPS[wildcards.rep]["feature"]).cpu_only:
         return 0
     return uses_gpu(config["features"]["device"])
