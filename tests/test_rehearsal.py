@@ -99,7 +99,9 @@ def rehearsal_config(root: Path) -> dict:
     cfg = yaml.safe_load((REPO / "config" / "imagenet.yaml").read_text())
     ds = cfg["dataset"]
     ds["imagefolder"].update(root=str(root), val_labels=str(root / "LOC_val_solution.csv"))
-    ds["shards"] = {"train": 2, "val": 4}
+    # one train shard: the jobs (each seconds of start-up), not the images, cost the time here;
+    # several train shards run in the test config's end-to-end run (tests/test_workflow.py)
+    ds["shards"] = {"train": 1, "val": 4}
     for rep in cfg["representations"].values():
         rep["image_size"] = 32
     cfg["alexnet"].update(weights="random", image_size=64)  # no AlexNet file here
