@@ -95,7 +95,8 @@ def make_imagenet_tree(root: Path, seed: int = 0) -> dict:
 
 
 def rehearsal_config(root: Path) -> dict:
-    """config/imagenet.yaml with only the counts made small (and the CPU, the root, random weights)."""
+    """config/imagenet.yaml with only the counts and sizes made small (and the CPU, the root,
+    random weights)."""
     cfg = yaml.safe_load((REPO / "config" / "imagenet.yaml").read_text())
     ds = cfg["dataset"]
     ds["imagefolder"].update(root=str(root), val_labels=str(root / "LOC_val_solution.csv"))
@@ -106,7 +107,9 @@ def rehearsal_config(root: Path) -> dict:
         rep["image_size"] = 32
     cfg["alexnet"].update(weights="random", image_size=64)  # no AlexNet file here
     cfg["features"]["device"] = "cpu"
-    cfg["decoders"].update(steps=2, batch_size=8, checkpoint_every=2, workers=0)
+    # narrower decoders (the same code): at full width each writes a 1 GB checkpoint and
+    # a 333 MB model, the most of their jobs' time here
+    cfg["decoders"].update(steps=2, batch_size=8, checkpoint_every=2, workers=0, width=0.25)
     cfg["mv"].update(max_images=6, iterations=3, batch_size=8)  # the first 6 lie in val shards 0 and 1
     cfg["hoggles"] = {"atoms": 16, "window": 2, "windows": 200, "epochs": 1}
     cfg["evaluation"]["val_shards"] = 2
