@@ -1,5 +1,5 @@
 """A rehearsal of the paper configuration at ImageNet's shape: config/imagenet.yaml itself,
-only its counts made small, on a synthetic ImageNet tree (1000 class folders, JPEGs of mixed
+only its counts and sizes made small, on a synthetic ImageNet tree (1000 class folders, JPEGs of mixed
 sizes and modes, a flat val/ with a label file, corrupt files), end to end on the CPU to
 Table 2 and Mahendran & Vedaldi's Table 1 — so that what a first ImageNet run would hit is
 hit here first."""
