@@ -144,25 +144,6 @@ def test_decoder_overrides_reach_only_their_representation(tmp_path):
     assert all(c["image_size"] == 32 for c in cmds.values())
 
 
-def test_cpu_only_feature_extraction_holds_no_gpu(tmp_path):
-    """With features.device cuda, the extraction jobs of sparse SIFT (registry trait
-    cpu_only: VLFeat on the CPU) ask for gpu=0, so they never hold the one GPU the
-    torch representations' jobs wait for; those ask for gpu=1."""
-    import yaml
-
-    cfg = yaml.safe_load(TEST_CONFIG.read_text())
-    cfg["features"]["device"] = "cuda"
-    path = tmp_path / "cuda.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    reps = [*cfg["representations"], *(f"alexnet_{layer}" for layer in cfg["alexnet"]["layers"])]
-    targets = [f"data/features/{rep}/val/00000.h5" for rep in reps]
-    proc = snakemake(tmp_path, *targets, "-n", "--cores", "1", "--configfile", str(path))
-    gpu = {j["wildcards"]["rep"]: j["resources"].get("gpu")
-           for j in dry_run_jobs(proc.stdout) if j["rule"] == "extract_features"}
-    assert set(gpu) == set(reps)
-    assert gpu == {rep: "0" if rep == "sift" else "1" for rep in reps}
-
-
 def test_decoder_override_of_unknown_representation_is_named(tmp_path):
     import yaml
 
@@ -236,24 +217,46 @@ def _words_after(line: str, name: str) -> list[str]:
     return out
 
 
-def test_imagenet_config_plans_the_papers_protocols(tmp_path):
-    """config/imagenet.yaml (a real root, fewer train shards): M&V and HOGgles invert the first 100
-    validation images, the decoders are evaluated on the first 5 of 50 validation shards, and train
-    15 epochs (shallow) or 60 (AlexNet decoders, autoencoders)."""
+@pytest.fixture(scope="module")
+def imagenet_dry_run(tmp_path_factory):
+    """(config, stdout) of ``snakemake -n -p`` of all targets of config/imagenet.yaml (a real
+    root, 2 train shards, random AlexNet weights; features.device cuda as it comes)."""
     import yaml
 
+    tmp_path = tmp_path_factory.mktemp("imagenet_dry_run")
     cfg = yaml.safe_load((REPO / "config" / "imagenet.yaml").read_text())
     cfg["dataset"]["imagefolder"]["root"] = str(tmp_path)
     cfg["dataset"]["shards"]["train"] = 2
     cfg["alexnet"]["weights"] = "random"
     path = tmp_path / "imagenet.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", str(path))
-    counts = job_counts(proc.stdout)
+    return cfg, snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", str(path)).stdout
+
+
+def test_cpu_only_feature_extraction_holds_no_gpu(imagenet_dry_run):
+    """With features.device cuda (config/imagenet.yaml), the extraction jobs of sparse SIFT
+    (registry trait cpu_only: VLFeat on the CPU) ask for gpu=0, so they never hold the one
+    GPU the torch representations' jobs wait for; those ask for gpu=1."""
+    cfg, stdout = imagenet_dry_run
+    assert cfg["features"]["device"] == "cuda"
+    gpu = {}
+    for job in dry_run_jobs(stdout):
+        if job["rule"] == "extract_features":
+            gpu.setdefault(job["wildcards"]["rep"], set()).add(job["resources"].get("gpu"))
+    assert {"sift", "hog", "lbp", "alexnet_conv1"} <= set(gpu)
+    assert gpu == {rep: {"0"} if rep == "sift" else {"1"} for rep in gpu}
+
+
+def test_imagenet_config_plans_the_papers_protocols(imagenet_dry_run):
+    """config/imagenet.yaml (a real root, fewer train shards): M&V and HOGgles invert the first 100
+    validation images, the decoders are evaluated on the first 5 of 50 validation shards, and train
+    15 epochs (shallow) or 60 (AlexNet decoders, autoencoders)."""
+    cfg, stdout = imagenet_dry_run
+    counts = job_counts(stdout)
     assert cfg["dataset"]["shards"]["val"] == 50 and cfg["evaluation"]["val_shards"] == 5
     assert counts["invert_mv"] == (3 + 8) * 5 and counts["invert_hoggles"] == 5
     assert counts["reconstruct"] == (3 + 8 + 8 + 8 * 3) * 5 and counts["make_shard"] == 2 * (2 + 5)
-    lines = [li for li in proc.stdout.splitlines() if li.startswith("Shell command: ")]
+    lines = [li for li in stdout.splitlines() if li.startswith("Shell command: ")]
     for line in (li for li in lines if "invert-mv" in li or "invert-hoggles invert" in li):
         shard = int(option(line, "--shard").rsplit("/", 1)[1][:5])
         preceding = _words_after(line, "--preceding")
