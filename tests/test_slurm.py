@@ -2,7 +2,7 @@
 
 The slow test starts a single-node Slurm on localhost from Debian's packages
 (tests/slurm/local-slurm.sh: munged, slurmctld and slurmd as root, no cgroups,
-a ``cpu`` and a ``gpu`` partition, two stand-in GPUs, a filetxt job-completion
+a ``cpu`` and a ``gpu`` partition, four stand-in GPUs, a filetxt job-completion
 log), runs the data and feature stages of config/test.yaml through
 ``--workflow-profile`` pointing at a copy of profiles/slurm with its
 placeholders filled in, and checks that
@@ -264,7 +264,7 @@ def local_slurm(tmp_path_factory):
         "LOCAL_SLURM_CPU_PARTITION": CPU_PARTITION,
         "LOCAL_SLURM_GPU_PARTITION": GPU_PARTITION,
         "LOCAL_SLURM_CPUS": str(cpus),
-        "LOCAL_SLURM_GPUS": "2",
+        "LOCAL_SLURM_GPUS": "4",  # the extraction jobs (2 CPUs each on 8) run 4 at a time
         "LOCAL_SLURM_MIN_JOB_AGE": "3600",
         "LOCAL_SLURM_START_TIMEOUT": "60",
     }
