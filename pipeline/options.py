@@ -6,6 +6,10 @@
 The parsers raise :class:`ValueError` with a one-line message naming the
 option, which the command line prints as one line (exit code 2); argparse
 refuses a number of the wrong sign naming the option (exit code 2).
+
+torch is imported where a device or thread count is used, not with this module:
+the data commands (``list-images``, ``make-shard``, ``manifest``) run without it,
+which saves each of their jobs the seconds of importing it.
 """
 from __future__ import annotations
 
@@ -14,14 +18,18 @@ import contextlib
 import json
 import math
 import re
+import typing
 
-import torch
+if typing.TYPE_CHECKING:
+    import torch
 
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
 
 
 def parse_device(name: str, option: str = "--device") -> torch.device:
     """The torch device of ``name``: ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    import torch
+
     name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -72,6 +80,8 @@ nonnegative_float = _bounded(float, lambda v: math.isfinite(v) and v >= 0, "a nu
 @contextlib.contextmanager
 def torch_threads(n: int):
     """Run the block with ``n`` torch CPU threads (0: torch's default), then restore them."""
+    import torch
+
     old = torch.get_num_threads()
     if n:
         torch.set_num_threads(n)

@@ -98,3 +98,26 @@ def torchrun():
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+#: What :func:`test_config_run` builds: Table 2 of config/test.yaml, and the data
+#: stage's manifests (which Table 2 does not need).
+TEST_CONFIG_TARGETS = ("results/table2.csv", "data/shards/32px/train/manifest.json",
+                       "data/shards/32px/val/manifest.json")
+
+
+@pytest.fixture(scope="session")
+def test_config_run(tmp_path_factory):
+    """The working directory of one local run of the workflow on config/test.yaml
+    (``snakemake --cores 2`` of :data:`TEST_CONFIG_TARGETS`: shards, manifests, the
+    feature stores of every representation, the decoders, the baselines, Table 2),
+    made once per session for the end-to-end tests that read it (the data stage,
+    Table 2 and the report, the Slurm run's local reference). They only read it and
+    add to results/; a failed run fails each of them with its output."""
+    work = tmp_path_factory.mktemp("test_config_run")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
+           "--cores", "2", *TEST_CONFIG_TARGETS, "--configfile", str(REPO / "config" / "test.yaml")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return work

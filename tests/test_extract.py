@@ -9,7 +9,7 @@ import torch
 
 from pipeline import cli
 from pipeline.data.sample import load_sample_photo
-from pipeline.features import get_feature
+from pipeline.features import available, get_feature, traits
 from pipeline.io import sha256_file
 from pipeline.data.shards import Sample, write_shard
 from pipeline.store import FeatureStore
@@ -87,6 +87,32 @@ def test_bad_params_and_unreadable_store_fail_clearly(tmp_path, shard):
     junk.write_bytes(b"not hdf5")
     with pytest.raises(ValueError, match="junk.h5"):
         FeatureStore(junk)
+
+
+def test_cpu_only_trait_marks_the_features_that_never_use_the_gpu():
+    """Sparse SIFT (VLFeat/OpenCV in numpy) runs on the CPU whatever the device; the
+    torch representations follow their input onto the GPU."""
+    assert traits("sift").cpu_only
+    assert not traits("hog").cpu_only and not traits("alexnet").cpu_only and not traits("dsift").cpu_only
+    assert {name for name in available() if traits(name).cpu_only} == {"sift"}
+
+
+def test_cpu_only_feature_extracts_on_the_cpu_whatever_the_device(tmp_path, shard):
+    """``extract --device cuda`` of a CPU-only representation computes on the CPU (its
+    workflow jobs hold no GPU, and may run where there is none) and stores the same
+    features as ``--device cpu``; a torch representation still needs the device it names."""
+    path, _ = shard
+    for device in ("cpu", "cuda"):
+        rc = cli.main(["extract", "--feature", "sift", "--shard", str(path), "--out", str(tmp_path / f"{device}.h5"),
+                       "--device", device, "--dtype", "float32"])
+        assert rc == 0
+    with FeatureStore(tmp_path / "cpu.h5") as a, FeatureStore(tmp_path / "cuda.h5") as b:
+        assert a.keys == b.keys
+        np.testing.assert_array_equal(a.all(), b.all())
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            cli.main(["extract", "--feature", "hog", "--shard", str(path), "--out", str(tmp_path / "hog.h5"),
+                      "--device", "cuda"])
 
 
 @pytest.mark.parametrize("name", ["hog", "hogb", "lbp", "dsift", "sift", "alexnet"])

@@ -101,3 +101,13 @@ def test_stores_and_models_record_version_and_commit(tmp_path):
         assert s.attrs["code_version"] == pipeline.__version__ and s.attrs["code_commit"] == commit
     src = (REPO / "pipeline/decoders/training.py").read_text()
     assert '"code_version": __version__, "code_commit": code_commit()' in src
+
+
+def test_the_data_commands_do_not_import_torch():
+    """list-images, make-shard and manifest (thousands of jobs at ImageNet scale) start
+    without torch's seconds of import."""
+    code = ("import sys; from pipeline import cli; "
+            "[cli.importlib.import_module(cli.COMMANDS[c][0]) for c in ('list-images', 'make-shard', 'manifest')]; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert out.strip() == "False"

@@ -1,5 +1,5 @@
 """A rehearsal of the paper configuration at ImageNet's shape: config/imagenet.yaml itself,
-only its counts made small, on a synthetic ImageNet tree (1000 class folders, JPEGs of mixed
+only its counts and sizes made small, on a synthetic ImageNet tree (1000 class folders, JPEGs of mixed
 sizes and modes, a flat val/ with a label file, corrupt files), end to end on the CPU to
 Table 2 and Mahendran & Vedaldi's Table 1 — so that what a first ImageNet run would hit is
 hit here first."""
@@ -95,17 +95,22 @@ def make_imagenet_tree(root: Path, seed: int = 0) -> dict:
 
 
 def rehearsal_config(root: Path) -> dict:
-    """config/imagenet.yaml with only the counts made small (and the CPU, the root, random weights)."""
+    """config/imagenet.yaml with only the counts and sizes made small (and the CPU, the root,
+    random weights)."""
     cfg = yaml.safe_load((REPO / "config" / "imagenet.yaml").read_text())
     ds = cfg["dataset"]
     ds["imagefolder"].update(root=str(root), val_labels=str(root / "LOC_val_solution.csv"))
-    ds["shards"] = {"train": 2, "val": 4}
+    # one train shard: the jobs (each seconds of start-up), not the images, cost the time here;
+    # several train shards run in the test config's end-to-end run (tests/test_workflow.py)
+    ds["shards"] = {"train": 1, "val": 4}
     for rep in cfg["representations"].values():
         rep["image_size"] = 32
     cfg["network"]["params"]["weights"] = "random"  # no AlexNet file here
     cfg["network"]["image_size"] = 64
     cfg["features"]["device"] = "cpu"
-    cfg["decoders"].update(steps=2, batch_size=8, checkpoint_every=2, workers=0)
+    # narrower decoders (the same code): at full width each writes a 1 GB checkpoint and
+    # a 333 MB model, the most of their jobs' time here
+    cfg["decoders"].update(steps=2, batch_size=8, checkpoint_every=2, workers=0, width=0.25)
     cfg["mv"].update(max_images=6, iterations=3, batch_size=8)  # the first 6 lie in val shards 0 and 1
     cfg["hoggles"] = {"atoms": 16, "window": 2, "windows": 200, "epochs": 1}
     cfg["evaluation"]["val_shards"] = 2

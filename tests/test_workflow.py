@@ -67,6 +67,24 @@ def job_counts(stdout: str) -> dict[str, int]:
     return counts
 
 
+def dry_run_jobs(stdout: str) -> list[dict]:
+    """The jobs a dry run lists: for each ``rule NAME:`` block, ``rule``, ``wildcards``
+    and ``resources`` (dicts of the ``k=v, ...`` lines, values as printed)."""
+    jobs, job = [], None
+    for line in stdout.splitlines():
+        m = re.fullmatch(r"(?:local)?rule (\w+):", line.strip())
+        if m and not line.startswith(" "):
+            job = {"rule": m.group(1), "wildcards": {}, "resources": {}}
+            jobs.append(job)
+        elif job is not None and line.startswith("    "):
+            key, _, value = line.strip().partition(": ")
+            if key in ("wildcards", "resources"):
+                job[key] = dict(kv.split("=", 1) for kv in value.split(", ") if "=" in kv)
+        elif line.strip():
+            job = None
+    return jobs
+
+
 def test_dry_run_of_all_targets_default_config(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "1")
     counts = job_counts(proc.stdout)
@@ -216,25 +234,47 @@ def _words_after(line: str, name: str) -> list[str]:
     return out
 
 
-def test_imagenet_config_plans_the_papers_protocols(tmp_path):
-    """config/imagenet.yaml (a real root, fewer train shards): M&V and HOGgles invert the first 100
-    validation images, the decoders are evaluated on the first 5 of 50 validation shards, and train
-    15 epochs (shallow) or 60 (AlexNet decoders, autoencoders)."""
+@pytest.fixture(scope="module")
+def imagenet_dry_run(tmp_path_factory):
+    """(config, stdout) of ``snakemake -n -p`` of all targets of config/imagenet.yaml (a real
+    root, 2 train shards, random AlexNet weights; features.device cuda as it comes)."""
     import yaml
 
+    tmp_path = tmp_path_factory.mktemp("imagenet_dry_run")
     cfg = yaml.safe_load((REPO / "config" / "imagenet.yaml").read_text())
     cfg["dataset"]["imagefolder"]["root"] = str(tmp_path)
     cfg["dataset"]["shards"]["train"] = 2
     cfg["network"]["params"]["weights"] = "random"
     path = tmp_path / "imagenet.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", str(path))
-    counts = job_counts(proc.stdout)
+    return cfg, snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", str(path)).stdout
+
+
+def test_cpu_only_feature_extraction_holds_no_gpu(imagenet_dry_run):
+    """With features.device cuda (config/imagenet.yaml), the extraction jobs of sparse SIFT
+    (registry trait cpu_only: VLFeat on the CPU) ask for gpu=0, so they never hold the one
+    GPU the torch representations' jobs wait for; those ask for gpu=1."""
+    cfg, stdout = imagenet_dry_run
+    assert cfg["features"]["device"] == "cuda"
+    gpu = {}
+    for job in dry_run_jobs(stdout):
+        if job["rule"] == "extract_features":
+            gpu.setdefault(job["wildcards"]["rep"], set()).add(job["resources"].get("gpu"))
+    assert {"sift", "hog", "lbp", "alexnet_conv1"} <= set(gpu)
+    assert gpu == {rep: {"0"} if rep == "sift" else {"1"} for rep in gpu}
+
+
+def test_imagenet_config_plans_the_papers_protocols(imagenet_dry_run):
+    """config/imagenet.yaml (a real root, fewer train shards): M&V and HOGgles invert the first 100
+    validation images, the decoders are evaluated on the first 5 of 50 validation shards, and train
+    15 epochs (shallow) or 60 (AlexNet decoders, autoencoders)."""
+    cfg, stdout = imagenet_dry_run
+    counts = job_counts(stdout)
     assert cfg["dataset"]["shards"]["val"] == 50 and cfg["evaluation"]["val_shards"] == 5
     assert counts["invert_mv"] == (4 + 8) * 5 and counts["invert_hoggles"] == 5
     # ours (hog, sift, lbp), ours AlexNet and perturbed (4 kinds), autoencoders and perturbed
     assert counts["reconstruct"] == (3 + 8 + 8 * 4 + 8 + 8 * 4) * 5 and counts["make_shard"] == 2 * (2 + 5)
-    lines = [li for li in proc.stdout.splitlines() if li.startswith("Shell command: ")]
+    lines = [li for li in stdout.splitlines() if li.startswith("Shell command: ")]
     for line in (li for li in lines if "invert-mv" in li or "invert-hoggles invert" in li):
         shard = int(option(line, "--shard").rsplit("/", 1)[1][:5])
         preceding = _words_after(line, "--preceding")
@@ -250,23 +290,26 @@ def test_imagenet_config_plans_the_papers_protocols(tmp_path):
 
 
 @pytest.mark.slow
-def test_data_stage_runs_on_the_test_config(tmp_path):
+def test_data_stage_runs_on_the_test_config(test_config_run):
+    """The data stage of the shared run of config/test.yaml (conftest.test_config_run)."""
+    work = test_config_run
     targets = ["data/shards/32px/train/manifest.json", "data/shards/32px/val/manifest.json"]
-    snakemake(tmp_path, *targets, "--cores", "2", "--configfile", str(TEST_CONFIG))
-    train = json.loads((tmp_path / targets[0]).read_text())
-    val = json.loads((tmp_path / targets[1]).read_text())
+    train = json.loads((work / targets[0]).read_text())
+    val = json.loads((work / targets[1]).read_text())
     assert train["images"] == 40 + 60 and val["images"] == 6
     assert train["skipped_count"] == 0
-    assert (tmp_path / "logs/make_shard/32px/train/00000.log").read_text().startswith("shard 0/2: wrote")
-    assert list((tmp_path / "benchmarks/make_shard/32px/train").glob("*.tsv"))
+    assert (work / "logs/make_shard/32px/train/00000.log").read_text().startswith("shard 0/2: wrote")
+    assert list((work / "benchmarks/make_shard/32px/train").glob("*.tsv"))
     # nothing left to do afterwards
-    proc = snakemake(tmp_path, *targets, "-n", "--cores", "1", "--configfile", str(TEST_CONFIG))
+    proc = snakemake(work, *targets, "-n", "--cores", "1", "--configfile", str(TEST_CONFIG))
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
-def test_end_to_end_table2_and_report_on_the_test_config(tmp_path):
-    snakemake(tmp_path, "results/table2.csv", "--cores", "2", "--configfile", str(TEST_CONFIG))
+def test_end_to_end_table2_and_report_on_the_test_config(test_config_run):
+    """Table 2 of the shared run of config/test.yaml (conftest.test_config_run), what a
+    changed setting reruns, and the report."""
+    tmp_path = test_config_run  # the run's working directory
     table = (tmp_path / "results/table2.csv").read_text()
     for row in ("HOGgles", "HOG", "SIFT", "LBP"):
         assert row in table

@@ -11,7 +11,10 @@ recorded in feature stores) and ``output_shape(H, W) -> (D, h, w)``.
 
 Each registered name declares its traits (:class:`Traits`): whether it is
 computed on grey images (the optimisation baselines then reconstruct one
-channel) and which decoder family of Dosovitskiy & Brox 2016 inverts it.
+channel), which decoder family of Dosovitskiy & Brox 2016 inverts it, and
+whether it runs on the CPU whatever device it is given (``cpu_only``: the
+workflow's extraction jobs of such a representation hold no GPU, and
+``python -m pipeline extract`` computes it on the CPU).
 The rest of the pipeline reads them with :func:`traits`, never from a
 representation's label.
 
@@ -47,6 +50,9 @@ class Traits:
     # the decoder family that inverts it (DECODER_FAMILIES), or a function of the
     # feature's parameters giving one (a network's layer decides it)
     decoder: str | Callable[[dict], str] = "by-shape"
+    # computed on the CPU whatever the device (e.g. VLFeat's sparse SIFT in numpy):
+    # its extraction needs no GPU
+    cpu_only: bool = False
 
 
 _REGISTRY: dict[str, Callable[..., torch.nn.Module]] = {}
@@ -59,8 +65,11 @@ _loaded = False
 
 
 def register(name: str, *, grey: bool = False, decoder: str | Callable[[dict], str] = "by-shape",
-             weights_check: Callable[..., None] | None = None):
+             cpu_only: bool = False, weights_check: Callable[..., None] | None = None):
     """Decorator: register a factory (class or function) under ``name`` with its traits.
+
+    ``cpu_only``: the representation computes on the CPU whatever the device of
+    its input (it needs no GPU); see :class:`Traits`.
 
     ``weights_check(**params)``: loads and checks the weights file that the
     parameters name, for :func:`verify_weights` (representations with weights).
@@ -72,7 +81,7 @@ def register(name: str, *, grey: bool = False, decoder: str | Callable[[dict], s
         if name in _REGISTRY and _REGISTRY[name] is not factory:
             raise ValueError(f"feature {name!r} registered twice")
         _REGISTRY[name] = factory
-        _TRAITS[name] = Traits(grey=grey, decoder=decoder)
+        _TRAITS[name] = Traits(grey=grey, decoder=decoder, cpu_only=bool(cpu_only))
         if weights_check is not None:
             _WEIGHT_CHECKS[name] = weights_check
         return factory

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-from pipeline.features import get_feature
+from pipeline.features import get_feature, traits
 from pipeline.io import sha256_file
 from pipeline.data.shards import load_shard_arrays
 from pipeline.options import parse_device, parse_json_params, positive_int
@@ -41,13 +41,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compression", default="gzip", choices=["gzip", "lzf", "none"],
                    help="HDF5 compression of the store")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per feature batch")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda or cuda:N; representations that run on the CPU only (sift) use the CPU")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
 
 
 def run(args) -> int:
     params = parse_json_params(args.params)
-    device = parse_device(args.device)
+    # a CPU-only representation (registry trait cpu_only, e.g. VLFeat's sparse SIFT)
+    # computes on the CPU whatever --device says: the workflow gives its jobs no GPU
+    device = torch.device("cpu") if traits(args.feature).cpu_only else parse_device(args.device)
     torch.set_num_threads(max(1, args.threads))
     t = time.perf_counter()
     module = get_feature(args.feature, **params)

@@ -333,7 +333,7 @@ class SparseSIFT(torch.nn.Module):
         return f"backend={self.backend!r}, cell={self.cell}, seed={self.seed}"
 
 
-@register("sift", grey=True, decoder="sift")
+@register("sift", grey=True, decoder="sift", cpu_only=True)
 def sift(backend: str | None = None, cell: int = 4, seed: int = 0, **vl_params) -> SparseSIFT:
     """Sparse SIFT keypoints on the paper's d = 4 grid (133 channels)."""
     return SparseSIFT(backend=backend, cell=cell, seed=seed, **vl_params)

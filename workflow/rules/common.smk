@@ -6,7 +6,6 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from pipeline.features import check_params, verify_weights
 from pipeline.vocabulary import FIGURE_LAYERS
 
 
@@ -30,19 +29,23 @@ def _check_config():
         from pipeline.data.sample import sample_settings
 
         sample_settings(ds["sample"])  # photograph names; keys of the shipped photographs with photos: skimage
-    for name, r in config["representations"].items():
-        try:
-            check_params(r["feature"], r["params"])
-            if workflow.is_main_process:  # loads weights files: not again in every cluster job
-                verify_weights(r["feature"], r["params"])
-        except (KeyError, ValueError, FileNotFoundError) as e:
-            raise ValueError(f"representations.{name}: {e.args[0] if isinstance(e, KeyError) else e}") from None
+    # The representations and their weights files: checked by the main process only.
+    # The registry imports torch and every feature module (seconds), which each
+    # cluster job's own Snakemake would otherwise repeat for a config already checked.
     n = config["network"]
-    if n["layers"]:
+    if workflow.is_main_process:
+        from pipeline.features import check_params, verify_weights
+
+        for name, r in config["representations"].items():
+            try:
+                check_params(r["feature"], r["params"])
+                verify_weights(r["feature"], r["params"])
+            except (KeyError, ValueError, FileNotFoundError) as e:
+                raise ValueError(f"representations.{name}: {e.args[0] if isinstance(e, KeyError) else e}") from None
+    if n["layers"] and workflow.is_main_process:
         try:
             check_params(n["feature"], dict(n["params"], layer=n["layers"][0]))
-            if workflow.is_main_process:
-                verify_weights(n["feature"], n["params"])
+            verify_weights(n["feature"], n["params"])
         except (KeyError, ValueError, FileNotFoundError) as e:
             raise ValueError(f"network.params: {e.args[0] if isinstance(e, KeyError) else e}") from None
     for key in ("decoders", "mv"):
@@ -153,6 +156,17 @@ def feature_paths(rep, split):
 def uses_gpu(device):
     """1 when a job's device setting may use a GPU (for the `gpu` resource), else 0."""
     return int(str(device).startswith("cuda") or device == "auto")
+
+
+def extraction_gpu(wildcards):
+    """The `gpu` resource of a feature extraction job: 0 for a representation that
+    runs on the CPU whatever the device (registry trait cpu_only: sparse SIFT), so
+    that its jobs never hold the GPU the others wait for; else as features.device says."""
+    from pipeline.features import traits  # imports torch: only where this is asked
+
+    if traits(REPS[wildcards.rep]["feature"]).cpu_only:
+        return 0
+    return uses_gpu(config["features"]["device"])
 
 
 def as_json(obj):

@@ -25,7 +25,7 @@ rule extract_features:
         "benchmarks/extract_features/{rep}/{split}/{shard}.tsv"
     threads: 1
     resources:
-        gpu=uses_gpu(config["features"]["device"]),
+        gpu=extraction_gpu,
         runtime=120,
         mem_mb=4000,
     shell:
