@@ -55,6 +55,8 @@ def _read_val_labels(path: Path, classes: list[str], unknown: list | None = None
         raise FileNotFoundError(f"dataset.imagefolder.val_labels: no such file: {path}")
     unknown = [] if unknown is None else unknown
     lines = [(n, ln.split()) for n, ln in enumerate(path.read_text().splitlines(), 1) if ln.strip()]
+    if lines and lines[0][1][0].lower().startswith("imageid,"):  # LOC_val_solution.csv's header line
+        lines = lines[1:]
     cls_index = {c: i for i, c in enumerate(classes)}
     out: dict[str, int | None] = {}
 
