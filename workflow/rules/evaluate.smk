@@ -41,7 +41,7 @@ rule table2:
         ),
     params:
         rows=lambda w: labelled_args("--row", table2_rows().items()),
-        settings=as_json(caption_settings()),
+        settings=as_json(caption_settings(network=False)),
     log:
         "logs/table2.log",
     benchmark:
@@ -77,7 +77,7 @@ rule mv_table1:
         ),
     params:
         rows=lambda w: labelled_args("--row", mv_table1_rows().items()),
-        settings=as_json(caption_settings(max_images=baseline_images())),
+        settings=as_json(caption_settings(network=False, max_images=baseline_images())),
     log:
         "logs/mv_table1.log",
     benchmark:
@@ -133,7 +133,9 @@ rule grid:
         which="shallow|network",
     params:
         columns=lambda w: labelled_args("--column", grid_columns(w.which).items()),
-        settings=as_json(dict(caption_settings(), **pick(config["evaluation"], count="grid_count"))),
+        settings=lambda w: as_json(
+            dict(caption_settings(network=w.which == "network"), **pick(config["evaluation"], count="grid_count"))
+        ),
     log:
         "logs/grid/{which}.log",
     benchmark:
