@@ -247,6 +247,8 @@ class TruncatedGaussianSampler:
 def perturb_features(feats: torch.Tensor, keys, kind: str, seed: int = 0) -> torch.Tensor:
     """``feats`` (B, ...) perturbed by ``kind``, image by image, each seeded by ``(seed, key)``: the
     same draw for an image wherever it is perturbed (a feature store, an autoencoder's features)."""
+    if len(feats) == 0:  # an empty shard's store
+        return feats.clone()
     out = []
     for f, k in zip(feats, keys):
         h = hashlib.sha256(f"{int(seed)}/{k}".encode()).digest()
