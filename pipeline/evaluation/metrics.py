@@ -253,14 +253,8 @@ def feature_errors(feats_rec, feats_ref, norm: float | None = None) -> tuple[np.
 
     ``norm`` defaults to the mean pairwise distance of ``feats_ref``.
     """
-    a, b = _as_tensor(feats_rec), _as_tensor(feats_ref)
-    if a.shape != b.shape:
-        raise ValueError(f"feature shapes differ: reconstructions {tuple(a.shape)}, images {tuple(b.shape)}")
-    if norm is None:
-        norm = mean_pairwise_distance(b)
-    if not norm > 0:
-        raise ValueError(f"the feature normaliser must be > 0, got {norm!r}")
-    return _per_item_l2(a, b) / norm, float(norm)
+    dist, norm = _feature_distances(feats_rec, feats_ref, norm, mean_pairwise_distance)
+    return dist / norm, norm
 
 
 def mean_squared_pairwise_distance(X) -> float:
@@ -306,14 +300,21 @@ def squared_feature_errors(feats_rec, feats_ref, norm: float | None = None) -> t
     """The per-image error of Mahendran & Vedaldi's Table 1 script, ``||Phi(x*_i) - Phi(x_i)||^2 / N2_Phi``
     (a fraction; x100 for %), and ``N2_Phi`` (:func:`mean_squared_pairwise_distance` of ``feats_ref``
     by default)."""
+    dist, norm = _feature_distances(feats_rec, feats_ref, norm, mean_squared_pairwise_distance)
+    return dist ** 2 / norm, norm
+
+
+def _feature_distances(feats_rec, feats_ref, norm, default_norm) -> tuple[np.ndarray, float]:
+    """Per-image ``||Phi(x*_i) - Phi(x_i)||_2`` of two same-shaped feature batches, and the
+    normaliser (``default_norm`` of ``feats_ref`` when ``norm`` is None; it must be > 0)."""
     a, b = _as_tensor(feats_rec), _as_tensor(feats_ref)
     if a.shape != b.shape:
         raise ValueError(f"feature shapes differ: reconstructions {tuple(a.shape)}, images {tuple(b.shape)}")
     if norm is None:
-        norm = mean_squared_pairwise_distance(b)
+        norm = default_norm(b)
     if not norm > 0:
         raise ValueError(f"the feature normaliser must be > 0, got {norm!r}")
-    return _per_item_l2(a, b) ** 2 / norm, float(norm)
+    return _per_item_l2(a, b), float(norm)
 
 
 def _hwc_float(images, recs) -> tuple[np.ndarray, np.ndarray]:
