@@ -322,6 +322,9 @@ def test_on_the_fly_features_train_like_the_store(data, tmp_path, one_thread):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     assert json.loads((fly / "config.json").read_text())["on_the_fly"]
+    # the store run trains in channels_last on the CPU, the on-the-fly one contiguous: same weights
+    assert json.loads((store / "config.json").read_text())["channels_last"]
+    assert not json.loads((fly / "config.json").read_text())["channels_last"]
 
 
 def test_autoencoder_mode_trains_the_encoder(data, tmp_path, one_thread):

@@ -45,7 +45,9 @@ def _sync(device):
 def bench_train(argv: list[str]) -> int:
     """Training images/s and inference ms/image of decoders, CPU and GPU when present."""
     p = argparse.ArgumentParser(prog="python -m pipeline bench train", description=bench_train.__doc__)
-    p.add_argument("--size", type=int, default=64, help="image size")
+    p.add_argument("--size", type=int, default=64, help="image size (the features' grids follow it)")
+    p.add_argument("--out-size", type=int, default=None,
+                   help="decoder output size (decoders.image_size; default: --size)")
     p.add_argument("--width", type=float, default=1.0, help="channel width multiplier (1.0 = the paper's decoders)")
     p.add_argument("--kinds", nargs="+", default=["hog", "fc"], choices=KINDS, help="decoder architectures to time")
     p.add_argument("--batch-size", type=int, default=64, help="images per training step")
@@ -53,30 +55,33 @@ def bench_train(argv: list[str]) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--channels-last", choices=["auto", "both"], default="auto",
+                   help="auto: the memory format training uses (channels_last); both: also time contiguous "
+                        "(NCHW) and print the ratio")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     devices = a.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    print(f"decoder benchmark: {a.size}x{a.size} images, width {a.width}, batch {a.batch_size}, "
+    print(f"decoder benchmark: {a.size}x{a.size} images, output {a.out_size or a.size}, width {a.width}, batch {a.batch_size}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    print(f"{'device':8} {'kind':5} {'in_shape':>14} {'params':>8} {'train img/s':>12} {'infer ms/img':>13} "
+    print(f"{'device':8} {'kind':5} {'format':6} {'in_shape':>14} {'params':>8} {'train img/s':>12} {'infer ms/img':>13} "
           f"{'vs paper 5 ms':>14}")
     results = {}
     for dev_name in devices:
         device = parse_device(dev_name, "--devices")
         amp = _amp_dtype(device, "auto")
-        for kind in a.kinds:
+        formats = [True, False] if a.channels_last == "both" else [True]
+        for kind, cl in [(k, f) for k in a.kinds for f in formats]:
             torch.manual_seed(0)
             shape = _bench_shape(kind, a.size)
-            dec = build_decoder(kind, shape, a.size, a.width).to(device)
+            dec = build_decoder(kind, shape, a.out_size or a.size, a.width).to(device)
             model = InversionModel(dec).to(device)
-            cl = device.type == "cuda"
-            if cl:
+            if cl:  # as training does with feature stores (pipeline.decoders.training.use_channels_last)
                 model = model.to(memory_format=torch.channels_last)
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
             scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
             feats = torch.rand(a.batch_size, *shape, device=device)
-            imgs = torch.randint(0, 256, (a.batch_size, a.size, a.size, 3), dtype=torch.uint8, device=device)
+            imgs = torch.randint(0, 256, (a.batch_size, *dec.native_size, 3), dtype=torch.uint8, device=device)
             for i in range(a.warmup + a.steps):
                 if i == a.warmup:
                     _sync(device)
@@ -94,14 +99,19 @@ def bench_train(argv: list[str]) -> int:
                 _sync(device)
             ms = 1000 * (time.perf_counter() - t) / (a.steps * a.batch_size)
             n_par = sum(q.numel() for q in dec.parameters()) / 1e6
-            results[(dev_name, kind)] = (ips, ms)
-            print(f"{dev_name:8} {kind:5} {str(shape):>14} {n_par:7.2f}M {ips:12.1f} {ms:13.3f} "
+            results[(dev_name, kind, cl)] = (ips, ms)
+            print(f"{dev_name:8} {kind:5} {'NHWC' if cl else 'NCHW':6} {str(shape):>14} {n_par:7.2f}M {ips:12.1f} {ms:13.3f} "
                   f"{PAPER_MS_PER_IMAGE / ms:13.2f}x", flush=True)
     print(f"reference: Dosovitskiy & Brox (2016) report ~{PAPER_MS_PER_IMAGE:g} ms per image for one forward "
           "pass on a 2015 GPU (paper-sized networks); 'vs paper' > 1 means faster than that")
+    for dev_name, kind in [(d, k) for d in devices for k in a.kinds]:
+        if (dev_name, kind, False) in results:
+            c, n = results[(dev_name, kind, True)], results[(dev_name, kind, False)]
+            print(f"{dev_name} {kind}: channels_last / contiguous, training {c[0] / n[0]:.2f}x, "
+                  f"inference {n[1] / c[1]:.2f}x")
     for kind in a.kinds:
-        if ("cpu", kind) in results and ("cuda", kind) in results:
-            c, g = results[("cpu", kind)], results[("cuda", kind)]
+        if ("cpu", kind, True) in results and ("cuda", kind, True) in results:
+            c, g = results[("cpu", kind, True)], results[("cuda", kind, True)]
             print(f"{kind}: GPU/CPU speed-up training {g[0] / c[0]:.1f}x, inference {c[1] / g[1]:.1f}x")
     return 0
 

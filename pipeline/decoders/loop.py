@@ -182,7 +182,7 @@ def train_one_epoch(run: Run, net: nn.Module, meter: _Meter, progress: _Progress
         imgs = imgs.to(device, non_blocking=True)
         feats = None if feats is None else feats.to(device, non_blocking=True)
         loss, gnorm = train_step(net, run.optimizer, run.scaler, imgs, feats, run.decoder.native_size,
-                                 run.amp_dtype, device.type == "cuda", args.clip_grad or None)
+                                 run.amp_dtype, run.cfg["channels_last"], args.clip_grad or None)
         meter.loss_sum += loss
         meter.gmax = torch.maximum(meter.gmax, gnorm)
         run.acc["n"] += 1
