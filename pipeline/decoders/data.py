@@ -168,7 +168,7 @@ class PairedData(torch.utils.data.Dataset):
             for s, p in enumerate(self.feature_stores):
                 with FeatureStore(p) as fs:
                     a, b = self._starts[s], self._starts[s + 1]
-                    self.features[a:b] = fs.all().astype(dt, copy=False).reshape(b - a, *self.feature_shape)
+                    self.features[a:b] = fs.all(dt).reshape(b - a, *self.feature_shape)
         self.close()
 
     def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -20,7 +20,7 @@ rule train_decoder:
         "../../envs/pipeline.yaml"
     threads: train_threads()
     resources:
-        gpu=1,
+        gpu=uses_gpu(config["decoders"]["device"]),
         runtime=2880,
         mem_mb=32000,
     shell:
@@ -49,7 +49,7 @@ rule train_autoencoder:
         "../../envs/pipeline.yaml"
     threads: train_threads()
     resources:
-        gpu=1,
+        gpu=uses_gpu(config["decoders"]["device"]),
         runtime=2880,
         mem_mb=32000,
     shell:
