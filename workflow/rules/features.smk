@@ -24,6 +24,7 @@ rule extract_features:
     benchmark:
         "benchmarks/extract_features/{rep}/{split}/{shard}.tsv"
     threads: 1
+    priority: lambda w: train_priority(w.rep) if w.split == "train" else 0
     resources:
         gpu=extraction_gpu,
         runtime=120,

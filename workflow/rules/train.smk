@@ -19,6 +19,7 @@ rule train_decoder:
     conda:
         "../../envs/pipeline.yaml"
     threads: train_threads()
+    priority: lambda w: train_priority(w.rep)
     resources:
         gpu=uses_gpu(config["decoders"]["device"]),
         runtime=2880,

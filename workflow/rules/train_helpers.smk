@@ -41,6 +41,12 @@ def train_settings(rep):
     return s
 
 
+def train_priority(rep):
+    """decoders.overrides[rep].priority: Snakemake priority of the training of ``rep`` and of
+    the extraction of its training features (scheduling only, not a parameter of either)."""
+    return config["decoders"]["overrides"].get(rep, {}).get("priority", 0)
+
+
 def train_threads():
     """decoders.threads, 0: every core Snakemake was given."""
     return config["decoders"]["threads"] or workflow.cores
