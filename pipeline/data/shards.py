@@ -44,7 +44,7 @@ def encode_image(image: np.ndarray, fmt: str = "png", quality: int = 95) -> byte
     buf = io.BytesIO()
     pil = Image.fromarray(image, "RGB")
     if fmt == "png":
-        pil.save(buf, format="PNG", compress_level=6)
+        pil.save(buf, format="PNG", compress_level=1)  # lossless; 1.6 ms vs 4.0 ms at 6 (128 px), 5% larger
     elif fmt == "jpg":
         pil.save(buf, format="JPEG", quality=quality, subsampling=0)
     else:
