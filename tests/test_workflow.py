@@ -80,6 +80,8 @@ def dry_run_jobs(stdout: str) -> list[dict]:
             key, _, value = line.strip().partition(": ")
             if key in ("wildcards", "resources"):
                 job[key] = dict(kv.split("=", 1) for kv in value.split(", ") if "=" in kv)
+            elif key in ("priority", "threads"):  # printed when not the default (0, 1)
+                job[key] = int(value)
         elif line.strip():
             job = None
     return jobs
@@ -102,6 +104,19 @@ def test_dry_run_of_all_targets_default_config(tmp_path):
     assert counts["reconstruct"] == 3 + 6 + 6 * 4 + 1 + 1 * 4
     for rule in ("table2", "mv_table1", "figure7", "train_hoggles", "invert_hoggles", "mean_image"):
         assert counts[rule] == 1, rule
+    # scheduling on 2 cores: SIFT (decoders.overrides.sift.priority) and its training features
+    # first, HOGgles' chain early; decoders on one thread each, holding no GPU (decoders.device: cpu)
+    jobs = dry_run_jobs(proc.stdout)
+    for job in jobs:
+        rep, split = job["wildcards"].get("rep"), job["wildcards"].get("split")
+        if job["rule"] == "train_decoder" or (job["rule"] == "extract_features" and split == "train"):
+            assert job.get("priority", 0) == (1 if rep == "sift" else 0), job
+        if job["rule"] == "extract_features" and split == "val":
+            assert job.get("priority", 0) == 0, job
+        if job["rule"] in ("train_hoggles", "invert_hoggles"):
+            assert job.get("priority", 0) == 1, job
+        if job["rule"] in ("train_decoder", "train_autoencoder"):
+            assert job.get("threads", 1) == 1 and job["resources"]["gpu"] == "0", job
 
 
 def test_unknown_config_key_is_rejected_by_name(tmp_path):
@@ -149,7 +164,7 @@ def test_decoder_overrides_reach_only_their_representation(tmp_path):
     import yaml
 
     full = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    full["decoders"].update(epochs=2, image_size=32, overrides={"sift": {"steps": 7, "width": 0.5}})
+    full["decoders"].update(epochs=2, image_size=32, overrides={"sift": {"steps": 7, "width": 0.5, "priority": 3}})
     cfg = tmp_path / "over.yaml"
     cfg.write_text(yaml.safe_dump(full))
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "results/models/sift/decoder.pt",
@@ -157,6 +172,9 @@ def test_decoder_overrides_reach_only_their_representation(tmp_path):
     cmds = {option(line, "--representation"): settings(line)
             for line in proc.stdout.splitlines() if "pipeline train --settings" in line}
     assert cmds["sift"]["steps"] == 7 and cmds["sift"]["width"] == 0.5 and cmds["sift"]["epochs"] is None
+    assert "priority" not in cmds["sift"]  # scheduling, not a training setting: changing it reruns nothing
+    prio = {j["wildcards"]["rep"]: j.get("priority", 0) for j in dry_run_jobs(proc.stdout) if j["rule"] == "train_decoder"}
+    assert prio == {"sift": 3, "hog": 0}
     assert cmds["hog"]["epochs"] == 2 and cmds["hog"]["width"] == 0.25 and cmds["hog"]["steps"] is None
     assert all(c["image_size"] == 32 for c in cmds.values())
 
