@@ -58,8 +58,8 @@ rule train_hoggles:
         "../../envs/pipeline.yaml"
     threads: 1
     # a one-core chain (dictionary, then inversion) that only Table 2 waits for:
-    # started early it runs beside the decoders instead of after them (2 cores:
-    # the main job 1.5-2 min shorter)
+    # started early it runs beside the decoders instead of after them (without it,
+    # a timed run ended with 3 min of it alone on one core; README)
     priority: 1
     resources:
         runtime=720,

@@ -44,7 +44,7 @@ def train_settings(rep):
 def train_priority(rep):
     """decoders.overrides[rep].priority: Snakemake priority of the training of ``rep`` and of
     the extraction of its training features (scheduling only, not a parameter of either)."""
-    return config["decoders"]["overrides"].get(rep, {}).get("priority", 0)
+    return decoder_settings(rep).get("priority", 0)
 
 
 def train_threads():
