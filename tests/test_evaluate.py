@@ -15,7 +15,8 @@ from skimage import data as skdata
 from skimage.transform import resize
 
 from pipeline.cli import main
-from pipeline.evaluation import figures, metrics, perturbations, tables
+from pipeline.evaluation import figures, metrics, tables
+from pipeline.features import perturbations
 from pipeline.features import get_feature, register, to_gray
 from pipeline.images import image_grid
 from pipeline.data.shards import Sample, write_shard
@@ -586,7 +587,7 @@ def test_grid_cli_and_perturb_cli(workspace):
                                rtol=1e-5)
     # random dropout: each image's draw is seeded by (seed, key), so a perturbed store holds exactly
     # what an autoencoder's on-the-fly features get (reconstruct --perturb), whatever the store order
-    from pipeline.evaluation.perturbations import perturb_features
+    from pipeline.features.perturbations import perturb_features
 
     drop = tmp / "feat-drop.h5"
     assert main(["evaluate", "perturb", "--features", str(src), "--kind", "drop50", "--seed", "3",

@@ -25,7 +25,7 @@ from pipeline.decoders.architectures import build_decoder
 from pipeline.decoders.data import PairedData, epoch_batches, epoch_order, iter_batches
 from pipeline.decoders.modelfile import load_decoder, load_model
 from pipeline.decoders.reconstruct import reconstruct_batch
-from pipeline.evaluation.perturbations import perturb_features
+from pipeline.features.perturbations import perturb_features
 from pipeline.decoders.step import InversionModel, lr_at, train_step
 
 SIZE = 32

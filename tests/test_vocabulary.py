@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from pipeline import vocabulary as voc
-from pipeline.evaluation.perturbations import perturb
+from pipeline.features.perturbations import perturb
 
 SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
 

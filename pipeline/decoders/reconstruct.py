@@ -30,7 +30,7 @@ import torch
 from pipeline.decoders.architectures import Decoder, resize_images
 from pipeline.decoders.data import PairedData, _collate
 from pipeline.decoders.modelfile import _decoder_file, load_model
-from pipeline.evaluation.perturbations import perturb_features
+from pipeline.features.perturbations import perturb_features
 from pipeline.features import get_feature
 from pipeline.images import image_grid, side_by_side
 from pipeline.io import sha256_file

@@ -3,8 +3,6 @@
 
 * :mod:`~pipeline.evaluation.metrics`: normalised errors in image and
   feature space, PSNR, SSIM, summaries with intervals, the mean-image floor;
-* :mod:`~pipeline.evaluation.perturbations`: perturbed, interpolated and
-  random feature vectors (Dosovitskiy & Brox 2016, sections 4.4-4.5);
 * :mod:`~pipeline.evaluation.report`: captions, CSV, Markdown and HTML output;
 * :mod:`~pipeline.evaluation.testset`: the test images and their
   reconstructions, matched by key;

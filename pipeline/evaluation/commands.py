@@ -18,7 +18,7 @@ import torch
 from pipeline.evaluation import curves, figures
 from pipeline.evaluation.figures import FIGURE7_COLUMNS, figure7
 from pipeline.evaluation.metrics import compute_mean_image, images_nchw
-from pipeline.evaluation.perturbations import (
+from pipeline.features.perturbations import (
     HistogramSampler, TruncatedGaussianSampler, perturb, perturb_features,
 )
 from pipeline.evaluation.report import caption_text, markdown_page, weights_in, write_csv

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.evaluation.metrics import normalized_errors, prepare_reconstructions, summarize  # noqa: E402
-from pipeline.evaluation.perturbations import interpolate, perturb, top_k_only, without_top_k  # noqa: E402
+from pipeline.features.perturbations import interpolate, perturb, top_k_only, without_top_k  # noqa: E402
 from pipeline.evaluation.report import weights_in  # noqa: E402
 from pipeline.evaluation.testset import TestSet, iter_reconstructions  # noqa: E402
 from pipeline.images import image_grid, save_figure  # noqa: E402
@@ -188,7 +188,7 @@ def figure_random(path, rows: Mapping[str, tuple], *, count: int = 7, seed: int 
     """Dosovitskiy & Brox 2016, Figure 11: rows = layers, ``count`` images from random feature vectors.
 
     ``rows[layer] = (decoder, fitted sampler)`` (a
-    :class:`pipeline.evaluation.perturbations.HistogramSampler` or ``TruncatedGaussianSampler``).
+    :class:`pipeline.features.perturbations.HistogramSampler` or ``TruncatedGaussianSampler``).
     """
     grid = [list(_decode(dec, sampler.sample(count, seed=seed))) for dec, sampler in rows.values()]
     image_grid(path, grid, row_labels=list(rows), caption=caption)

@@ -13,6 +13,9 @@ drop first then binarize (the paper's combined study).  Figure 8:
 renormalisation, as in the paper).  Figure 10: :func:`interpolate`.
 Figure 11: :class:`HistogramSampler` (per-dimension histograms, matched
 sparsity, contrast alpha = 2) and :class:`TruncatedGaussianSampler`.
+
+They are operations on features, so they live in the features' room: the
+decoders' reconstruction jobs and the evaluation's figures both read them.
 """
 from __future__ import annotations
 
@@ -21,11 +24,14 @@ import hashlib
 import numpy as np
 import torch
 
-from pipeline.evaluation.metrics import _as_tensor
 from pipeline.vocabulary import FEATURE_TRANSFORMS
 
 
 # --------------------------------------------------------------------------- perturbations
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
 
 
 def _generator(seed: int | None) -> torch.Generator:
