@@ -77,12 +77,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.data.shards import read_shard
+from pipeline.features.perturbations import _as_tensor
 
 # --------------------------------------------------------------------------- image helpers
-
-
-def _as_tensor(x) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
 
 
 def images_nchw(images) -> torch.Tensor:
