@@ -104,13 +104,13 @@ def test_dry_run_of_all_targets_default_config(tmp_path):
     assert counts["reconstruct"] == 3 + 6 + 6 * 4 + 1 + 1 * 4
     for rule in ("table2", "mv_table1", "figure7", "train_hoggles", "invert_hoggles", "mean_image"):
         assert counts[rule] == 1, rule
-    # scheduling on 2 cores: SIFT (decoders.overrides.sift.priority) and its training features
-    # first, HOGgles' chain early; decoders on one thread each, holding no GPU (decoders.device: cpu)
+    # scheduling on 2 cores: SIFT and HOG (decoders.overrides.*.priority) and their training
+    # features first, HOGgles' chain early; decoders on one thread each, holding no GPU (decoders.device: cpu)
     jobs = dry_run_jobs(proc.stdout)
     for job in jobs:
         rep, split = job["wildcards"].get("rep"), job["wildcards"].get("split")
         if job["rule"] == "train_decoder" or (job["rule"] == "extract_features" and split == "train"):
-            assert job.get("priority", 0) == (1 if rep == "sift" else 0), job
+            assert job.get("priority", 0) == (1 if rep in ("sift", "hog") else 0), job
         if job["rule"] == "extract_features" and split == "val":
             assert job.get("priority", 0) == 0, job
         if job["rule"] in ("train_hoggles", "invert_hoggles"):
