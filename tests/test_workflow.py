@@ -111,6 +111,8 @@ def test_dry_run_of_all_targets_default_config(tmp_path):
         rep, split = job["wildcards"].get("rep"), job["wildcards"].get("split")
         if job["rule"] == "train_decoder" or (job["rule"] == "extract_features" and split == "train"):
             assert job.get("priority", 0) == (1 if rep in ("sift", "hog") else 0), job
+        if job["rule"] == "make_shard":  # the training shards before anything else
+            assert job.get("priority", 0) == (2 if split == "train" else 0), job
         if job["rule"] == "extract_features" and split == "val":
             assert job.get("priority", 0) == 0, job
         if job["rule"] in ("train_hoggles", "invert_hoggles"):

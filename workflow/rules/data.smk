@@ -37,6 +37,7 @@ rule make_shard:
         "logs/make_shard/{size}px/{split}/{shard}.log",
     benchmark:
         "benchmarks/make_shard/{size}px/{split}/{shard}.tsv"
+    priority: lambda w: shard_priority(w.split)
     resources:
         runtime=60,
         mem_mb=2000,

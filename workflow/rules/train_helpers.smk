@@ -47,6 +47,15 @@ def train_priority(rep):
     return decoder_settings(rep).get("priority", 0)
 
 
+def shard_priority(split):
+    """Snakemake priority of making an image shard: training shards above every decoder's
+    priority, since each decoder reads them all (left to the scheduler, they were made after
+    validation jobs, and the decoders started late); other shards 0."""
+    if split != "train":
+        return 0
+    return 1 + max([train_priority(rep) for rep in config["decoders"]["train"]] + [0])
+
+
 def train_threads():
     """decoders.threads, 0: every core Snakemake was given."""
     return config["decoders"]["threads"] or workflow.cores
